@@ -1,0 +1,74 @@
+"""Every exception cronorch raises on purpose, under one root.
+
+    SchedulerError                 root; ``retriable`` says whether trying again can help
+    ├── InvalidInput               a record or value that can never be processed
+    │   ├── InvalidEvent           a Kafka record that fails decoding/validation (→ dead letters)
+    │   └── InvalidSchedule        a bad RRULE, cron expression, zone or DST policy
+    ├── ConfigError                a bad setting or job registry entry (names the key path)
+    ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
+    └── TransientError             retriable: connection loss, timeouts, serialization failures
+        ├── BrokerUnavailable
+        └── DatabaseUnavailable
+
+This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+
+class SchedulerError(Exception):
+    """Root of every error raised on purpose."""
+
+    retriable: bool = False
+
+
+class InvalidInput(SchedulerError):
+    """Input that can never be processed, however often it is retried."""
+
+
+class InvalidEvent(InvalidInput):
+    """A record that failed decoding or validation; ``reason`` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidSchedule(InvalidInput):
+    """A schedule (RRULE, cron, zone, DST policy) that is malformed.
+
+    ``field`` names the part at fault (``"minute"``, ``"BYMONTHDAY"``, ``"timezone"``),
+    ``reason`` says why; ``str(err)`` is ``"<field>: <reason>"`` unless the field is empty.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+class ConfigError(SchedulerError):
+    """A setting or registry entry that is rejected; ``path`` is the key path at fault."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.path = path
+        self.reason = reason
+
+
+class InfrastructureError(SchedulerError):
+    """The local stack cannot be set up or started (a taken port, a failed download)."""
+
+
+class TransientError(SchedulerError):
+    """A failure that may pass: retry with backoff."""
+
+    retriable = True
+
+
+class BrokerUnavailable(TransientError):
+    """Kafka could not be reached or refused a request in a retriable way."""
+
+
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL could not be reached, or a serialization failure/deadlock aborted a transaction."""
