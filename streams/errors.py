@@ -6,6 +6,7 @@
     │   └── InvalidSchedule        a bad RRULE, cron expression, zone or DST policy
     ├── ConfigError                a bad setting or job registry entry (names the key path)
     ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
+    ├── Fenced                     another instance owns the partition now (zombie fencing)
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -72,3 +73,7 @@ class BrokerUnavailable(TransientError):
 
 class DatabaseUnavailable(TransientError):
     """PostgreSQL could not be reached, or a serialization failure/deadlock aborted a transaction."""
+
+
+class Fenced(SchedulerError):
+    """Another instance took over a partition (its producer fenced ours): give it up."""

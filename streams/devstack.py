@@ -1,0 +1,344 @@
+"""The local development stack: Apache Kafka (KRaft, from Maven Central jars) and PostgreSQL 15.
+
+Owned by ``cronorch dev up|down|status``; the test suite and CI use the same functions.
+Everything lives in throwaway directories: the jars in ``$CRONORCH_CACHE_DIR`` (default
+``~/.cache/cronorch``), data, logs and pid files in ``$CRONORCH_STATE_DIR`` (default
+``/var/tmp/cronorch``). Both servers listen on 127.0.0.1 only. Readiness is polled, never slept
+for, and every failure ends in an ``InfrastructureError`` that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from streams.errors import InfrastructureError
+
+KAFKA_VERSION = "4.4.0"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass(frozen=True)
+class Stack:
+    state_dir: Path
+    cache_dir: Path
+    kafka_port: int
+    controller_port: int
+    pg_port: int
+
+    @classmethod
+    def from_env(cls) -> Stack:
+        env = os.environ
+        return cls(
+            state_dir=Path(env.get("CRONORCH_STATE_DIR", "/var/tmp/cronorch")),
+            cache_dir=Path(env.get("CRONORCH_CACHE_DIR", Path.home() / ".cache" / "cronorch")),
+            kafka_port=int(env.get("CRONORCH_DEV_KAFKA_PORT", "19092")),
+            controller_port=int(env.get("CRONORCH_DEV_CONTROLLER_PORT", "19093")),
+            pg_port=int(env.get("CRONORCH_DEV_PG_PORT", "15432")),
+        )
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.state_dir / "kafka"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.state_dir / "postgres"
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "lib"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://cronorch@127.0.0.1:{self.pg_port}/cronorch"
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _wait(what: str, ready: object, timeout_s: float, alive: object = None) -> float:
+    """Poll ``ready()`` until true; fail early when ``alive()`` turns false. Returns seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if ready():  # type: ignore[operator]
+            return time.monotonic() - start
+        if alive is not None and not alive():  # type: ignore[operator]
+            raise InfrastructureError(f"{what} exited during start-up")
+        time.sleep(0.1)
+    raise InfrastructureError(f"{what} was not ready within {timeout_s:.0f} s")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+# --- Kafka -------------------------------------------------------------------------------
+
+
+def resolve_kafka_jars(stack: Stack) -> Path:
+    """Resolve the broker's jars with Maven into the cache (once); return the folder."""
+    marker = stack.jars_dir / ".complete"
+    if marker.exists():
+        return stack.jars_dir
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        raise InfrastructureError("java and mvn are needed: apt-get install openjdk-17-jre maven")
+    stack.jars_dir.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(resources.files("streams") / "resources" / "kafka" / "pom.xml") as pom:
+        proc = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+             f"-DoutputDirectory={stack.jars_dir}", f"-Dkafka.version={KAFKA_VERSION}"],
+            capture_output=True, text=True, check=False,
+        )
+    if proc.returncode != 0:
+        raise InfrastructureError(
+            f"resolving Apache Kafka {KAFKA_VERSION} from Maven Central failed:\n"
+            f"{(proc.stdout + proc.stderr)[-2000:]}"
+        )
+    marker.write_text(KAFKA_VERSION)
+    return stack.jars_dir
+
+
+def _kafka_properties(stack: Stack) -> str:
+    return f"""\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{stack.controller_port}
+listeners=PLAINTEXT://127.0.0.1:{stack.kafka_port},CONTROLLER://127.0.0.1:{stack.controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{stack.kafka_port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={stack.kafka_dir / "data"}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.consumer.heartbeat.interval.ms=1000
+group.consumer.min.heartbeat.interval.ms=1000
+transaction.max.timeout.ms=900000
+log.flush.interval.messages=9223372036854775807
+"""
+
+
+def start_kafka(stack: Stack) -> float:
+    """Start the broker unless running; returns start-up seconds (0 when already up)."""
+    pidfile = stack.kafka_dir / "kafka.pid"
+    if _pid_alive(pidfile) and _port_open(stack.kafka_port):
+        return 0.0
+    for port in (stack.kafka_port, stack.controller_port):
+        if _port_open(port):
+            raise InfrastructureError(
+                f"port {port} is taken by another process; stop it or set "
+                "CRONORCH_DEV_KAFKA_PORT / CRONORCH_DEV_CONTROLLER_PORT"
+            )
+    jars = resolve_kafka_jars(stack)
+    stack.kafka_dir.mkdir(parents=True, exist_ok=True)
+    props = stack.kafka_dir / "server.properties"
+    props.write_text(_kafka_properties(stack))
+    classpath = f"{jars}/*"
+    java = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+    if not (stack.kafka_dir / "data" / "meta.properties").exists():
+        proc = subprocess.run(
+            [*java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+             "-t", _cluster_id(), "-c", str(props)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise InfrastructureError(f"formatting Kafka storage failed:\n{proc.stderr[-2000:]}")
+    with resources.as_file(
+        resources.files("streams") / "resources" / "kafka" / "log4j2.properties"
+    ) as log4j:
+        log = (stack.kafka_dir / "kafka.log").open("ab")
+        proc_ = subprocess.Popen(
+            [*java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
+             "kafka.Kafka", str(props)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    pidfile.write_text(str(proc_.pid))
+    try:
+        return _wait("Kafka", lambda: _port_open(stack.kafka_port), 90,
+                     alive=lambda: proc_.poll() is None)
+    except InfrastructureError as exc:
+        raise InfrastructureError(f"{exc}; broker log:\n{_tail(stack.kafka_dir / 'kafka.log')}") from None
+
+
+def _cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise InfrastructureError("no 'postgres' user: apt-get install postgresql-15") from None
+    return "postgres"
+
+
+def _pg_cmd(args: list[str]) -> list[str]:
+    user = _pg_user()
+    return ["runuser", "-u", user, "--", *args] if user else args
+
+
+def start_postgres(stack: Stack) -> float:
+    if not (PG_BIN / "postgres").exists():
+        raise InfrastructureError(f"PostgreSQL 15 not found in {PG_BIN}: apt-get install postgresql-15")
+    data = stack.pg_dir / "data"
+    if _pg_ready(stack):
+        return 0.0
+    if _port_open(stack.pg_port):
+        raise InfrastructureError(
+            f"port {stack.pg_port} is taken by another process; set CRONORCH_DEV_PG_PORT"
+        )
+    stack.state_dir.mkdir(parents=True, exist_ok=True)
+    stack.state_dir.chmod(0o755)
+    stack.pg_dir.mkdir(parents=True, exist_ok=True)
+    user = _pg_user()
+    if user:
+        shutil.chown(stack.pg_dir, user)
+    if not (data / "PG_VERSION").exists():
+        proc = subprocess.run(
+            _pg_cmd([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+                     "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise InfrastructureError(f"initdb failed:\n{proc.stderr[-2000:]}")
+    start = time.monotonic()
+    proc = subprocess.run(
+        _pg_cmd([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(stack.pg_dir / "postgres.log"),
+                 "-w", "-t", "60", "-o",
+                 f"-p {stack.pg_port} -k {stack.pg_dir} -c listen_addresses=127.0.0.1 "
+                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                 "-c max_connections=200", "start"]),
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise InfrastructureError(
+            f"PostgreSQL did not start:\n{proc.stderr[-1000:]}\n{_tail(stack.pg_dir / 'postgres.log')}"
+        )
+    _psql(stack, "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='cronorch') "
+                 "THEN CREATE ROLE cronorch LOGIN SUPERUSER; END IF; END$$;")
+    exists = _psql(stack, "SELECT 1 FROM pg_database WHERE datname='cronorch'").strip()
+    if exists != "1":
+        _psql(stack, "CREATE DATABASE cronorch OWNER cronorch")
+    return time.monotonic() - start
+
+
+def _psql(stack: Stack, sql: str) -> str:
+    proc = subprocess.run(
+        [str(PG_BIN / "psql"), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(stack.pg_port),
+         "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise InfrastructureError(f"psql failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _pg_ready(stack: Stack) -> bool:
+    if not (PG_BIN / "pg_isready").exists():
+        return False
+    return subprocess.run(
+        [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(stack.pg_port)],
+        check=False,
+    ).returncode == 0
+
+
+def stop_postgres(stack: Stack) -> bool:
+    data = stack.pg_dir / "data"
+    if not (data / "postmaster.pid").exists():
+        return False
+    subprocess.run(_pg_cmd([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                   capture_output=True, check=False)
+    return True
+
+
+# --- the stack ---------------------------------------------------------------------------
+
+
+def up(stack: Stack) -> dict[str, float]:
+    """Start both servers (idempotent); returns start-up seconds per server."""
+    return {"kafka_s": start_kafka(stack), "postgres_s": start_postgres(stack)}
+
+
+def stop_kafka(stack: Stack, *, sig: int = signal.SIGTERM, timeout_s: float = 30) -> bool:
+    pidfile = stack.kafka_dir / "kafka.pid"
+    pid = _pid_alive(pidfile)
+    if pid is None:
+        return False
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid_alive(pidfile):
+        time.sleep(0.1)
+    if _pid_alive(pidfile):
+        os.kill(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def down(stack: Stack, *, wipe: bool = False) -> None:
+    """Stop both servers (idempotent); ``wipe`` also deletes their data."""
+    stop_kafka(stack)
+    stop_postgres(stack)
+    if wipe:
+        shutil.rmtree(stack.kafka_dir, ignore_errors=True)
+        shutil.rmtree(stack.pg_dir, ignore_errors=True)
+
+
+def status(stack: Stack) -> dict[str, str]:
+    kafka = "up" if _pid_alive(stack.kafka_dir / "kafka.pid") and _port_open(stack.kafka_port) else "down"
+    pg = "up" if _pg_ready(stack) else "down"
+    return {
+        "kafka": f"{kafka} ({stack.bootstrap}, Apache Kafka {KAFKA_VERSION})",
+        "postgres": f"{pg} ({stack.database_url})",
+        "state_dir": str(stack.state_dir),
+    }
