@@ -1,0 +1,53 @@
+"""Bytes ↔ models for the records the worker reads and writes.
+
+Decoding never raises anything but ``InvalidEvent`` (whose reason is safe to log: it holds
+field paths, never user text); every invalid record becomes a ``DeadLetter`` carrying the
+original bytes. No Kafka or PostgreSQL client here.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+from schemas import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER, DeadLetter, Tick, TimelineRecord
+from schemas.events import TaskEvent
+from schemas.wire import WireError, dumps, loads
+from streams.errors import InvalidEvent
+
+__all__ = ["dead_letter", "decode_task_event", "decode_timeline", "dumps"]
+
+
+def decode_timeline(value: bytes | None) -> TimelineRecord:
+    """A timeline record: a tick or a re-keyed task event."""
+    if value is None:
+        raise InvalidEvent("empty record value")
+    try:
+        return loads(TIMELINE_ADAPTER, value)
+    except WireError as exc:
+        raise InvalidEvent(str(exc)) from None
+
+
+def decode_task_event(value: bytes | None) -> TaskEvent:
+    if value is None:
+        raise InvalidEvent("empty record value")
+    try:
+        return loads(TASK_EVENT_ADAPTER, value)
+    except WireError as exc:
+        raise InvalidEvent(str(exc)) from None
+
+
+def encode_tick(tick_at: datetime) -> bytes:
+    return dumps(Tick(type="tick", tick_at=tick_at))
+
+
+def dead_letter(reason: str, *, topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None, failed_at: datetime) -> DeadLetter:
+    """A dead letter for a record that failed; ``failed_at`` is the tick or broker time."""
+    return DeadLetter(
+        type="dead.letter", reason=reason, source_topic=topic, source_partition=partition,
+        source_offset=offset,
+        original_key_b64=None if key is None else base64.b64encode(key).decode(),
+        original_value_b64=base64.b64encode(value or b"").decode(),
+        failed_at=failed_at,
+    )

@@ -1,0 +1,190 @@
+"""Exactly-once partition processing, owned by this project.
+
+One consumer in a group reads a source topic ``read_committed``; for each assigned source
+partition p there is one transactional producer with the transactional id
+``<app>-<role>-<p>``. A batch of p's records is handed to the handler, and everything it
+decides — outputs to any topic (sinks the app never consumes included), p's state
+changelog writes, and p's consumed offset — commits in one Kafka transaction.
+
+Why not faust-streaming's ``processing_guarantee="exactly_once"``: in 0.15.3 a send to a
+topic the app does not consume goes through the plain producer outside the transaction,
+a revoke never aborts open transactions, and the send buffer is not drained before the
+commit (faust-streaming issues #177, #517, #323). tests/acceptance/test_faust_eos.py shows
+the duplicates it produces under SIGKILL; docs/exactly-once.md explains the design.
+
+Fencing: starting p's producer (InitProducerId) aborts whatever a previous owner — crashed
+or a zombie — left open on p and fences it, before p's state is restored from the
+changelog and its committed offset is read. Any failure inside a transaction resets p:
+abort, drop the in-memory state, restore it again and seek back to the committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from streams import kafka, metrics
+from streams.errors import BrokerUnavailable, Fenced
+from streams.kafka import Output, Record, TopicPartition
+from streams.logs import fields
+from streams.settings import Settings
+
+log = logging.getLogger("cronorch.engine")
+
+
+class PartitionHandler(Protocol):
+    """The business side of a processor; ``process`` may mutate state, never does IO."""
+
+    changelog_topic: str | None
+
+    def assign(self, partition: int, changelog: Iterable[Record]) -> None: ...
+
+    def revoke(self, partition: int) -> None: ...
+
+    def process(self, partition: int, records: list[Record]) -> list[Output]: ...
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.processor.release([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.processor.acquire([tp.partition for tp in assigned])
+
+
+class Processor:
+    def __init__(self, settings: Settings, role: str, source_topic: str,
+                 handler: PartitionHandler) -> None:
+        self.settings = settings
+        self.role = role
+        self.source_topic = source_topic
+        self.handler = handler
+        self.group_id = settings.group_id(role)
+        self.consumer = kafka.consumer(settings, group_id=self.group_id, max_poll_records=2000,
+                                       session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+                                       rebalance_timeout_ms=30_000)
+        self.producers: dict[int, Any] = {}
+        self.next_offset: dict[int, int] = {}
+        self.lock = asyncio.Lock()
+        self.batches = 0
+
+    # --- ownership ---------------------------------------------------------------------
+
+    async def acquire(self, partitions: list[int]) -> None:
+        async with self.lock:
+            for p in sorted(partitions):
+                await self._open(p)
+            metrics.PARTITIONS.labels(self.role).set(len(self.producers))
+            log.info("partitions assigned", extra=fields(role=self.role, partitions=partitions))
+
+    async def release(self, partitions: list[int]) -> None:
+        async with self.lock:
+            for p in partitions:
+                await self._close(p)
+            metrics.PARTITIONS.labels(self.role).set(len(self.producers))
+            log.info("partitions revoked", extra=fields(role=self.role, partitions=partitions))
+
+    async def _open(self, p: int) -> None:
+        producer = kafka.producer(self.settings, self.settings.transactional_id(self.role, p))
+        try:
+            await producer.start()  # InitProducerId: fences and aborts any previous owner of p
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+        self.producers[p] = producer
+        if self.handler.changelog_topic is not None:
+            entries: list[Record] = []
+            await kafka.read_partition(self.settings, self.handler.changelog_topic, p,
+                                       entries.append)
+            self.handler.assign(p, entries)
+        else:
+            self.handler.assign(p, ())
+        self.next_offset.pop(p, None)
+
+    async def _close(self, p: int) -> None:
+        producer = self.producers.pop(p, None)
+        self.handler.revoke(p)
+        self.next_offset.pop(p, None)
+        if producer is not None:
+            try:
+                await producer.stop()
+            except KafkaError:
+                log.warning("producer stop failed", extra=fields(role=self.role, partition=p))
+
+    async def _reset(self, p: int, reason: BaseException) -> None:
+        """Throw away p's uncommitted work and start p again from its committed offset."""
+        log.warning("partition reset", exc_info=reason,
+                    extra=fields(role=self.role, partition=p))
+        producer = self.producers.get(p)
+        if producer is not None:
+            try:
+                await producer.abort_transaction()
+            except Exception:  # noqa: BLE001 - the producer may be fenced or broken already
+                pass
+        await self._close(p)
+        await self._open(p)
+        tp = TopicPartition(self.source_topic, p)
+        committed = await self.consumer.committed(tp)
+        if committed is None:
+            await self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, committed)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer.subscribe([self.source_topic], listener=_Listener(self))
+        try:
+            await self.consumer.start()
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+        try:
+            while not stop.is_set():
+                batches = await self.consumer.getmany(
+                    timeout_ms=max(self.settings.commit_interval_ms, 50), max_records=2000)
+                if not batches:
+                    continue
+                async with self.lock:
+                    for tp, msgs in batches.items():
+                        await self._process(tp, msgs)
+        finally:
+            await self.consumer.stop()
+            async with self.lock:
+                for p in list(self.producers):
+                    await self._close(p)
+
+    async def _process(self, tp: TopicPartition, msgs: list[Any]) -> None:
+        p = tp.partition
+        producer = self.producers.get(p)
+        if producer is None:
+            return  # revoked while the batch was in flight
+        floor = self.next_offset.get(p, -1)
+        records = [kafka.to_record(m) for m in msgs if m.offset >= floor]
+        if not records:
+            return
+        start = time.monotonic()
+        try:
+            outputs = self.handler.process(p, records)
+            await producer.begin_transaction()
+            for out in outputs:
+                await producer.send(out.topic, **kafka.send_kwargs(out))
+            await producer.send_offsets_to_transaction(
+                {tp: records[-1].offset + 1}, self.group_id)
+            await producer.commit_transaction()
+        except (KafkaError, Fenced, BrokerUnavailable, asyncio.TimeoutError) as exc:
+            metrics.TRANSACTIONS.labels(self.role, "aborted").inc()
+            await self._reset(p, exc)
+            return
+        self.next_offset[p] = records[-1].offset + 1
+        self.batches += 1
+        metrics.RECORDS.labels(self.role).inc(len(records))
+        metrics.TRANSACTIONS.labels(self.role, "committed").inc()
+        metrics.TRANSACTION_SECONDS.labels(self.role).observe(time.monotonic() - start)

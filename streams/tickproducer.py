@@ -1,0 +1,170 @@
+"""The tick producer: the only code that reads the wall clock.
+
+Each tick ``{type: "tick", tick_at}`` lies on a fixed grid (multiples of ``step`` seconds
+since the epoch) and is written, in one transaction, to ``scheduler.ticks`` and to every
+partition of ``scheduler.timeline``.
+
+- Live mode resumes after the last tick in ``scheduler.ticks``: ticks missed while it was
+  down are published first (at most ``tick_catchup_max_s`` of them), so coverage has no gap.
+- Range mode publishes a historical window as fast as the broker takes it and exits.
+- All producers share one transactional id, so a second live producer fences the first;
+  the fenced one backs off and resumes after the last tick in the log. Duplicate or older
+  ticks are harmless anyway: a tick at or before a partition's watermark does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from aiokafka.errors import KafkaError
+
+from streams import codec, kafka, logs, metrics
+from streams.errors import Fenced
+from streams.kafka import TopicPartition
+from streams.logs import fields
+from streams.settings import Settings
+
+log = logging.getLogger("cronorch.tick")
+BATCH = 500
+
+
+def grid_floor(at: datetime, step_s: int) -> datetime:
+    seconds = int(at.timestamp()) // step_s * step_s
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+async def last_tick(settings: Settings) -> datetime | None:
+    """The latest committed tick in ``scheduler.ticks``, or None if it is empty."""
+    client = kafka.consumer(settings, group_id=None)
+    await client.start()
+    try:
+        tp = TopicPartition(settings.topics.ticks, 0)
+        client.assign([tp])
+        end = (await client.end_offsets([tp]))[tp]
+        client.seek(tp, max(0, end - 2 * BATCH))
+        latest: datetime | None = None
+        while await client.position(tp) < end:
+            batch = await client.getmany(tp, timeout_ms=1000)
+            for msg in batch.get(tp, []):
+                tick = codec.decode_timeline(msg.value)
+                at = getattr(tick, "tick_at", None)
+                if at is not None and (latest is None or at > latest):
+                    latest = at
+        return latest
+    finally:
+        await client.stop()
+
+
+class TickPublisher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = kafka.producer(settings, settings.transactional_id("tick"))
+        self.partitions = 0
+
+    async def start(self) -> None:
+        self.partitions = await kafka.partition_count(self.settings, self.settings.topics.timeline)
+        try:
+            await self.producer.start()
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+
+    async def stop(self) -> None:
+        with contextlib.suppress(KafkaError):
+            await self.producer.stop()
+
+    async def publish(self, ticks: list[datetime]) -> None:
+        """Publish ``ticks`` in one transaction (all partitions, plus scheduler.ticks)."""
+        topics = self.settings.topics
+        try:
+            async with self.producer.transaction():
+                for at in ticks:
+                    value = codec.encode_tick(at)
+                    await self.producer.send(topics.ticks, value=value, partition=0)
+                    for p in range(self.partitions):
+                        await self.producer.send(topics.timeline, value=value, partition=p)
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+        metrics.TICKS.inc(len(ticks))
+
+
+async def publish_range(settings: Settings, start: datetime, end: datetime, step_s: int) -> int:
+    """Publish ticks start, start+step, … ≤ end; return how many."""
+    publisher = TickPublisher(settings)
+    await publisher.start()
+    count = 0
+    try:
+        at, batch = start, []
+        while at <= end:
+            batch.append(at)
+            if len(batch) == BATCH:
+                await publisher.publish(batch)
+                count += len(batch)
+                batch = []
+            at += timedelta(seconds=step_s)
+        if batch:
+            await publisher.publish(batch)
+            count += len(batch)
+    finally:
+        await publisher.stop()
+    return count
+
+
+async def run_live(settings: Settings, step_s: int, *,
+                   clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                   stop: asyncio.Event | None = None) -> None:
+    logs.configure(settings.log_level)
+    metrics.serve(settings.metrics_port)
+    await kafka.wait_ready(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        publisher = TickPublisher(settings)
+        await publisher.start()
+        try:
+            await _live_loop(settings, publisher, step_s, clock, stop)
+        except Fenced:
+            backoff_s = step_s * random.uniform(2, 5)  # noqa: S311 - jitter, not crypto
+            log.warning("tick producer fenced by another one; backing off",
+                        extra=fields(backoff_s=round(backoff_s, 2)))
+            await publisher.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff_s)
+            continue
+        await publisher.stop()
+
+
+async def _live_loop(settings: Settings, publisher: TickPublisher, step_s: int,
+                     clock: Callable[[], datetime], stop: asyncio.Event) -> None:
+    step = timedelta(seconds=step_s)
+    last = await last_tick(settings)
+    now = clock()
+    nxt = grid_floor(now, step_s) if last is None else last + step
+    oldest = grid_floor(now - timedelta(seconds=settings.tick_catchup_max_s), step_s)
+    if nxt < oldest:
+        log.warning("tick gap beyond the catch-up bound skipped",
+                    extra=fields(skipped_from=nxt.isoformat(), skipped_to=oldest.isoformat()))
+        nxt = oldest
+    if last is not None and nxt <= now:
+        log.info("tick catch-up", extra=fields(resume_from=nxt.isoformat()))
+    while not stop.is_set():
+        now = clock()
+        due: list[datetime] = []
+        while nxt <= now and len(due) < BATCH:
+            due.append(nxt)
+            nxt += step
+        if due:
+            await publisher.publish(due)
+            metrics.TICK_LAG.set((clock() - due[-1]).total_seconds())
+            continue
+        wait_s = max(0.0, (nxt - clock()).total_seconds())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait_s)

@@ -1,0 +1,187 @@
+"""The scheduling worker: the re-keyer and the timeline agent, each exactly-once.
+
+    todo.task-events ──re-keyer──► scheduler.timeline ◄── tick producer
+                                         │
+                                  timeline agent (PartitionState per partition)
+                                         ├──► todo.notifications
+                                         ├──► scheduler.state-changelog (p)
+                                         └──► scheduler.dead-letters
+
+Both are thin handlers for ``engine.Processor``: decode → apply → encode. The flow of a
+record is plain functions in ``state``/``planning``; nothing here decides when things fire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from aiokafka.partitioner import murmur2
+
+from schemas import ReminderDue, Tick
+from streams import codec, kafka, logs, metrics
+from streams.engine import Processor
+from streams.errors import InvalidEvent
+from streams.kafka import Output, Record
+from streams.logs import fields
+from streams.settings import Settings
+from streams.state import Effects, PartitionState
+
+log = logging.getLogger("cronorch.worker")
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, positive)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _dead_letter(settings: Settings, record: Record, reason: str) -> Output:
+    letter = codec.dead_letter(
+        reason, topic=record.topic, partition=record.partition, offset=record.offset,
+        key=record.key, value=record.value,
+        failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
+    )
+    return Output(settings.topics.dead_letters, record.key, codec.dumps(letter))
+
+
+class Rekeyer:
+    """todo.task-events → scheduler.timeline, keyed and partitioned by user_id."""
+
+    changelog_topic = None
+
+    def __init__(self, settings: Settings, timeline_partitions: int) -> None:
+        self.settings = settings
+        self.partitions = timeline_partitions
+        self.counts: Counter[str] = Counter()
+
+    def assign(self, partition: int, changelog: Iterable[Record]) -> None:
+        pass
+
+    def revoke(self, partition: int) -> None:
+        pass
+
+    def process(self, partition: int, records: list[Record]) -> list[Output]:
+        outputs: list[Output] = []
+        for record in records:
+            try:
+                event = codec.decode_task_event(record.value)
+            except InvalidEvent as exc:
+                outputs.append(_dead_letter(self.settings, record, exc.reason))
+                self.counts["dead_letters"] += 1
+                metrics.DEAD_LETTERS.labels("rekeyer").inc()
+                continue
+            user = (event.task.user_id if event.type == "task.upserted" else event.user_id)
+            key = user.encode()
+            outputs.append(Output(self.settings.topics.timeline, key, record.value,
+                                  partition_for(key, self.partitions)))
+            self.counts["rekeyed"] += 1
+        return outputs
+
+
+class TimelineAgent:
+    """Per partition: task/user state, due index and watermark; ticks fire what is due."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.changelog_topic: str | None = settings.topics.state_changelog
+        self.states: dict[int, PartitionState] = {}
+        self.counts: Counter[str] = Counter()
+
+    def assign(self, partition: int, changelog: Iterable[Record]) -> None:
+        state = PartitionState(partition, reminder_catchup_s=self.settings.reminder_catchup_s)
+        state.restore((r.key.decode(), r.value) for r in changelog if r.key is not None)
+        self.states[partition] = state
+        self.counts["restored_tasks"] += len(state.tasks)
+
+    def revoke(self, partition: int) -> None:
+        self.states.pop(partition, None)
+
+    def process(self, partition: int, records: list[Record]) -> list[Output]:
+        state = self.states[partition]
+        effects = Effects()
+        outputs: list[Output] = []
+        for record in records:
+            try:
+                item = codec.decode_timeline(record.value)
+            except InvalidEvent as exc:
+                outputs.append(_dead_letter(self.settings, record, exc.reason))
+                effects.counts["dead_letters"] += 1
+                metrics.DEAD_LETTERS.labels("timeline").inc()
+                continue
+            if isinstance(item, Tick):
+                effects.merge(state.tick(item.tick_at))
+            else:
+                effects.merge(state.apply(item))
+        topics = self.settings.topics
+        for out in effects.outputs:
+            if isinstance(out, ReminderDue):
+                outputs.append(Output(topics.notifications, out.user_id.encode(),
+                                      codec.dumps(out)))
+                metrics.NOTIFICATIONS.labels(out.type).inc()
+        for key in sorted(effects.dirty):
+            outputs.append(Output(topics.state_changelog, key.encode(), state.snapshot(key),
+                                  partition))
+        if state.watermark is not None:
+            metrics.WATERMARK.labels(str(partition)).set(state.watermark.timestamp())
+        for name in ("applied", "stale"):
+            if effects.counts[name]:
+                metrics.EVENTS.labels(name).inc(effects.counts[name])
+        if effects.counts["missed"]:
+            metrics.MISSED.labels("reminder.due").inc(effects.counts["missed"])
+        self.counts.update(effects.counts)
+        return outputs
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit."""
+    logs.configure(settings.log_level)
+    metrics.serve(settings.metrics_port)
+    await kafka.wait_ready(settings)
+    await kafka.ensure_topics(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    partitions = await kafka.partition_count(settings, settings.topics.timeline)
+    rekeyer = Rekeyer(settings, partitions)
+    agent = TimelineAgent(settings)
+    processors = [
+        Processor(settings, "rekeyer", settings.topics.task_events, rekeyer),
+        Processor(settings, "timeline", settings.topics.timeline, agent),
+    ]
+    started = time.monotonic()
+    log.info("worker started", extra=fields(timeline_partitions=partitions))
+
+    async def summarise() -> None:
+        while True:
+            await asyncio.sleep(30)
+            _summary("worker summary", rekeyer, agent, started)
+
+    summary = asyncio.create_task(summarise())
+    tasks = [asyncio.create_task(p.run(stop)) for p in processors]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        stop.set()
+        summary.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        _summary("worker stopped", rekeyer, agent, started)
+
+
+def _summary(event: str, rekeyer: Rekeyer, agent: TimelineAgent, started: float) -> None:
+    counts = agent.counts
+    log.info(event, extra=fields(
+        processed=counts["applied"] + counts["stale"] + counts["ticks"] + counts["ticks_ignored"],
+        notified=counts["notified"], missed=counts["missed"], stale=counts["stale"],
+        errors=counts["dead_letters"] + rekeyer.counts["dead_letters"],
+        rekeyed=rekeyer.counts["rekeyed"], duration_s=round(time.monotonic() - started, 3),
+    ))
