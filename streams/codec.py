@@ -7,7 +7,6 @@ original bytes. No Kafka or PostgreSQL client here.
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 
 from schemas import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER, DeadLetter, Tick, TimelineRecord
@@ -43,11 +42,6 @@ def encode_tick(tick_at: datetime) -> bytes:
 
 def dead_letter(reason: str, *, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None, failed_at: datetime) -> DeadLetter:
-    """A dead letter for a record that failed; ``failed_at`` is the tick or broker time."""
-    return DeadLetter(
-        type="dead.letter", reason=reason, source_topic=topic, source_partition=partition,
-        source_offset=offset,
-        original_key_b64=None if key is None else base64.b64encode(key).decode(),
-        original_value_b64=base64.b64encode(value or b"").decode(),
-        failed_at=failed_at,
-    )
+    """A dead letter for a record that failed; ``failed_at`` is the record's broker time."""
+    return DeadLetter.of(reason=reason, topic=topic, partition=partition, offset=offset,
+                         key=key, value=value or b"", failed_at=failed_at)

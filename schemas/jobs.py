@@ -1,0 +1,50 @@
+"""Maintenance-job records: triggers on ``scheduler.job-triggers`` (written by the trigger
+agent, read by the job runner) and runs on ``scheduler.job-runs`` (written by the runner).
+
+Owns their shapes only; the registry, cron and the runner live elsewhere. A run's
+``error_message`` is the runner's business to keep free of task titles. Must not import
+faust, aiokafka, asyncpg or ``streams``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+from pydantic import Field
+
+from schemas.values import Count, InputModel, Instant, NonEmptyStr, OutputModel
+
+JobTriggerKind: TypeAlias = Literal["schedule", "manual", "backfill"]
+
+
+class JobTrigger(InputModel):
+    """A slot (job, scheduled_for) that is due to run; the runner claims it at most once."""
+
+    type: Literal["job.trigger"] = "job.trigger"
+    trigger_id: NonEmptyStr
+    job: NonEmptyStr
+    scheduled_for: Instant
+    tick_at: Instant
+    trigger: JobTriggerKind
+
+
+class JobRun(OutputModel):
+    """One attempt at a slot, as recorded in the run log."""
+
+    type: Literal["job.run"] = "job.run"
+    run_id: NonEmptyStr
+    job: NonEmptyStr
+    kind: NonEmptyStr
+    scheduled_for: Instant
+    trigger: JobTriggerKind
+    attempt: int = Field(ge=1, strict=True)
+    started_at: Instant | None
+    finished_at: Instant | None
+    duration_ms: Count | None
+    status: Literal["succeeded", "failed", "skipped", "missed"]
+    processed: Count = 0
+    affected: Count = 0
+    before: dict[str, int] = Field(default_factory=dict)
+    after: dict[str, int] = Field(default_factory=dict)
+    error_class: str | None = None
+    error_message: str | None = None

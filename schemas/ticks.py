@@ -1,0 +1,28 @@
+"""Ticks and the internal ``scheduler.timeline`` log they are interleaved into.
+
+Owns the tick record and the union of everything a timeline partition carries (ticks next
+to re-keyed task events). Only the tick producer reads a clock; this module never does.
+Must not import faust, aiokafka, asyncpg or ``streams``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeAlias
+
+from pydantic import Field, TypeAdapter
+
+from schemas.events import TaskDeleted, TaskUpserted, UserSettings
+from schemas.values import InputModel, Instant
+
+
+class Tick(InputModel):
+    """A point on the tick grid: time, as an event."""
+
+    type: Literal["tick"] = "tick"
+    tick_at: Instant
+
+
+TimelineRecord: TypeAlias = Annotated[
+    Tick | TaskUpserted | TaskDeleted | UserSettings, Field(discriminator="type")
+]
+TIMELINE_ADAPTER: TypeAdapter[TimelineRecord] = TypeAdapter(TimelineRecord)
