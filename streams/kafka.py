@@ -123,7 +123,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             described = await client.describe_topics([s.name for s in specs])
-            if all(d.get("error_code", 0) == 0 and d.get("partitions") for d in described):
+            if all(d.get("error_code", 0) == 0 and d.get("partitions")
+                   and all(p.get("leader", -1) >= 0 for p in d["partitions"])
+                   for d in described):
                 break
             await asyncio.sleep(0.1)
     return [s.name for s in missing]

@@ -275,9 +275,11 @@ def occurrences(
     """
     utc_until = rule.until if isinstance(rule.until, datetime) and rule.until.tzinfo else None
     stream: Iterator[datetime]
-    if rule.count is None and after is not None:
-        target = after.astimezone(tz).replace(tzinfo=None) - timedelta(days=2)
-        first = _period_of(rule, dtstart_local, target)
+    if rule.count is None:
+        first = 0
+        if after is not None:
+            target = after.astimezone(tz).replace(tzinfo=None) - timedelta(days=2)
+            first = _period_of(rule, dtstart_local, target)
         stream = _bounded(_expand(rule, dtstart_local, skip, first), rule, exdates, tz)
     else:
         stream = local_occurrences(rule, dtstart_local, skip=skip, exdates=exdates, tz=tz)
@@ -492,4 +494,6 @@ def _weekdays_in(first: date, last: date, byday: tuple[tuple[int, int], ...]) ->
 
 def _setpos(days: list[date], positions: tuple[int, ...]) -> list[date]:
     n = len(days)
-    return [days[p - 1 if p > 0 else p] for p in positions if -n <= (p - 1 if p > 0 else p) < n]
+    return sorted(
+        {days[p - 1 if p > 0 else p] for p in positions if -n <= (p - 1 if p > 0 else p) < n}
+    )

@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests that need Kafka or PostgreSQL fail (never skip) when they are missing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streams import devstack, kafka
+from streams.settings import Settings
+from tests.support import settings_for
+
+
+@pytest.fixture(scope="session")
+def stack() -> devstack.Stack:
+    """The local stack, started if it is not running; a failure to start fails the test."""
+    stack = devstack.Stack.from_env()
+    devstack.up(stack)
+    asyncio.run(kafka.wait_ready(Settings.from_env(), timeout_s=60))
+    return stack
+
+
+@pytest.fixture
+def settings(stack: devstack.Stack, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings with topics, groups and transactional ids of this test only."""
+    name = request.node.name.lower().replace("_", "-")[:40]
+    settings = settings_for(f"t-{name}-{uuid.uuid4().hex[:6]}")
+    asyncio.run(kafka.ensure_topics(settings))
+    yield settings
