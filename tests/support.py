@@ -74,6 +74,19 @@ async def lags(settings: Settings, role: str, topic: str) -> list[int]:
         await client.stop()
 
 
+async def committed_total(settings: Settings, role: str, topic: str) -> int:
+    """The sum of the committed offsets of ``role``'s group over ``topic``'s partitions."""
+    client = kafka.consumer(settings, group_id=settings.group_id(role))
+    await client.start()
+    try:
+        total = 0
+        for p in range(await kafka.partition_count(settings, topic)):
+            total += (await client.committed(TopicPartition(topic, p))) or 0
+        return total
+    finally:
+        await client.stop()
+
+
 async def caught_up(settings: Settings, role: str, topic: str, *, transactional: bool,
                     timeout_s: float = 120) -> None:
     """Wait until ``role`` has committed everything in ``topic``.

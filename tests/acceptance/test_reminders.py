@@ -19,12 +19,13 @@ import pytest
 from streams import tickproducer
 from streams.settings import Settings
 from tests.scenario import STEP, Scenario, build
-from tests.support import Proc, caught_up, publish, read_json
+from tests.support import Proc, caught_up, committed_total, eventually, publish, read_json
 
 pytestmark = pytest.mark.kafka
 
 
-async def _ticks(settings: Settings, start: datetime, end: datetime, chunk: int = 0) -> None:
+async def _ticks(settings: Settings, start: datetime, end: datetime, chunk: int = 0,
+                 pause_s: float = 0.05) -> None:
     """Publish ticks start..end; in chunks of ``chunk`` ticks (separate transactions) if set."""
     if not chunk:
         await tickproducer.publish_range(settings, start, end, int(STEP.total_seconds()))
@@ -34,16 +35,16 @@ async def _ticks(settings: Settings, start: datetime, end: datetime, chunk: int 
         last = min(end, at + STEP * (chunk - 1))
         await tickproducer.publish_range(settings, at, last, int(STEP.total_seconds()))
         at = last + STEP
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(pause_s)
 
 
-async def _drive(settings: Settings, sc: Scenario, chunk: int = 0) -> None:
+async def _drive(settings: Settings, sc: Scenario, chunk: int = 0, pause_s: float = 0.05) -> None:
     await publish(settings, sc.phase_a)
     await caught_up(settings, "rekeyer", settings.topics.task_events, transactional=False)
-    await _ticks(settings, *sc.ticks_a, chunk=chunk)
+    await _ticks(settings, *sc.ticks_a, chunk=chunk, pause_s=pause_s)
     await publish(settings, sc.phase_b)
     await caught_up(settings, "rekeyer", settings.topics.task_events, transactional=False)
-    await _ticks(settings, *sc.ticks_b, chunk=chunk)
+    await _ticks(settings, *sc.ticks_b, chunk=chunk, pause_s=pause_s)
 
 
 async def _verify(settings: Settings, sc: Scenario) -> None:
@@ -78,21 +79,32 @@ def test_end_to_end_exact_set(settings: Settings, tmp_path: Path) -> None:
 
 
 def test_sigkill_at_random_points(settings: Settings, tmp_path: Path) -> None:
-    """At least 5 SIGKILLs during the run: 0 missing, 0 duplicate notification ids."""
+    """At least 5 SIGKILLs while work is in flight: 0 missing, 0 duplicate notification ids.
+
+    Each kill waits until the restarted worker has committed progress, then lands a random
+    0-1.5 s later, so kills hit a worker that is restoring, processing or committing.
+    """
     sc = build(seed=11)
     log = tmp_path / "worker.log"
     rng = random.Random(3)
-    kills = 0
+    kills_in_flight = 0
+
+    async def progress() -> int:
+        return await committed_total(settings, "timeline", settings.topics.timeline)
 
     async def scenario() -> None:
-        nonlocal kills
+        nonlocal kills_in_flight
         worker = Proc(settings, "worker", log=log).start()
-        driving = asyncio.create_task(_drive(settings, sc, chunk=15))
+        driving = asyncio.create_task(_drive(settings, sc, chunk=4, pause_s=0.25))
         try:
-            while not driving.done() or kills < 5:
-                await asyncio.wait({driving}, timeout=rng.uniform(2.0, 6.0))
+            while not driving.done():
+                before = await progress()
+                await eventually(lambda: _moved(progress, before, driving), 60, "progress")
+                await asyncio.sleep(rng.uniform(0, 1.5))
+                if driving.done():
+                    break
                 worker.kill(signal.SIGKILL)
-                kills += 1
+                kills_in_flight += 1
                 worker = Proc(settings, "worker", log=log).start()
             await driving
             await _verify(settings, sc)
@@ -101,7 +113,11 @@ def test_sigkill_at_random_points(settings: Settings, tmp_path: Path) -> None:
             worker.kill(signal.SIGTERM)
 
     asyncio.run(scenario())
-    assert kills >= 5
+    assert kills_in_flight >= 5
+
+
+async def _moved(progress: Any, before: int, driving: asyncio.Task[None]) -> bool:
+    return driving.done() or await progress() > before
 
 
 def test_rebalance_two_workers(settings: Settings, tmp_path: Path) -> None:

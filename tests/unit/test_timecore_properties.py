@@ -40,10 +40,15 @@ def transitions(name: str) -> tuple[tuple[datetime, timedelta], ...]:
     return tuple(found)
 
 
+zones_with_dst = st.just([z for z in ZONES if z not in ("UTC", "Asia/Kathmandu")])
+
+
 @st.composite
-def near_transition(draw: st.DrawFn) -> tuple[str, datetime]:
+def near_transition(
+    draw: st.DrawFn, zones: st.SearchStrategy[list[str]] = zones_with_dst
+) -> tuple[str, datetime]:
     """A zone and a naive local wall time within 90 minutes of one of its transitions."""
-    name = draw(st.sampled_from([z for z in ZONES if z not in ("UTC", "Asia/Kathmandu")]))
+    name = draw(st.sampled_from(draw(zones)))
     instant, before = draw(st.sampled_from(transitions(name)))
     wall = (instant + before).replace(tzinfo=None)
     return name, wall + timedelta(minutes=draw(st.integers(-90, 90)))
@@ -57,7 +62,9 @@ wall_times = st.one_of(st.tuples(st.sampled_from(ZONES), any_wall), near_transit
 
 @FAST
 @given(wall_times, policies)
-def test_resolve_round_trips_through_zoneinfo(case: tuple[str, datetime], policy: DstPolicy) -> None:
+def test_resolve_round_trips_through_zoneinfo(
+    case: tuple[str, datetime], policy: DstPolicy
+) -> None:
     name, wall = case
     tz = zone(name)
     got = resolve(wall.date(), wall.time(), tz, policy)
@@ -116,7 +123,8 @@ def rrules(draw: st.DrawFn) -> str:
         parts.append("BYMONTH=" + ",".join(map(str, months)))
         has_by = True
     if has_by and draw(st.booleans()):
-        pos = draw(st.lists(st.sampled_from([1, 2, -1, -2, 3]), min_size=1, max_size=2, unique=True))
+        positions = st.sampled_from([1, 2, -1, -2, 3])
+        pos = draw(st.lists(positions, min_size=1, max_size=2, unique=True))
         parts.append("BYSETPOS=" + ",".join(map(str, pos)))
     if draw(st.booleans()):
         parts.append(f"WKST={draw(st.sampled_from(DAYS))}")
@@ -136,9 +144,18 @@ starts = st.datetimes(datetime(2020, 1, 1), datetime(2030, 12, 31)).map(
 @settings(max_examples=200, deadline=None)
 @given(rrules(), starts)
 def test_omit_equals_dateutil(text: str, start: datetime) -> None:
-    ours = list(itertools.islice(local_occurrences(parse_rrule(text), start), 60))
-    theirs = list(itertools.islice(rrulestr(text, dtstart=start), 60))
-    assert ours == theirs
+    rule = parse_rrule(text)
+    if rule.freq == "WEEKLY" and rule.bysetpos:
+        # dateutil applies BYSETPOS to the first week cut at DTSTART; we use the whole week
+        # and then drop days before DTSTART (as both do for MONTHLY/YEARLY). Start on WKST.
+        start -= timedelta(days=(start.weekday() - rule.wkst) % 7)
+    ours = list(itertools.islice(local_occurrences(rule, start), 60))
+    # dateutil checks UNTIL only on candidates it finds, so past a rule's last occurrence it
+    # searches up to year 9999: ask it for exactly as many as it must have, plus one when
+    # COUNT or our 60 guarantee that it stops.
+    complete = len(ours) == 60 or len(ours) == rule.count
+    theirs = list(itertools.islice(rrulestr(text, dtstart=start), len(ours) + complete))
+    assert ours == theirs[:60]
 
 
 @FAST
@@ -174,7 +191,7 @@ def test_after_equals_filtering_from_dtstart(
         kept = tuple(i for i in occ.instants if i > after)
         if kept:
             slow.append(type(occ)(occ.local, kept))
-        if len(slow) == 5 or occ.local.year > start.year + 12:
+        if len(slow) == 5:
             break
     assert fast == slow[: len(fast)] and len(fast) == len(slow)
 
@@ -210,8 +227,15 @@ def test_cron_equals_cronsim_in_utc(expr: str, start: datetime) -> None:
     assert ours == theirs
 
 
+# cronsim mishandles Lord Howe's 30-minute fold ("* 2 * * *" on 2020-04-05 starts at 02:30
+# +10:30, skipping 02:00-02:29, which exist once), so that zone is compared in test_cron only.
+cronsim_zones = st.just(
+    [z for z in ZONES if z not in ("UTC", "Asia/Kathmandu", "Australia/Lord_Howe")]
+)
+
+
 @FAST
-@given(crons(), near_transition())
+@given(crons(), near_transition(cronsim_zones))
 def test_cron_equals_cronsim_across_dst_with_the_matching_policy(
     expr: str, case: tuple[str, datetime]
 ) -> None:
@@ -220,7 +244,13 @@ def test_cron_equals_cronsim_across_dst_with_the_matching_policy(
     after = wall.replace(tzinfo=tz) - timedelta(hours=3)
     minute, hour = expr.split()[:2]
     wildcard = minute.startswith("*") or hour.startswith("*")
-    policy = DstPolicy(Nonexistent.GAP_EDGE, Ambiguous.BOTH if wildcard else Ambiguous.FIRST)
+    # cronsim: fixed-time jobs like Debian cron (gap edge, first pass); wildcard jobs tick in
+    # UTC (times in a gap do not happen, both passes of a fold do)
+    policy = (
+        DstPolicy(Nonexistent.SKIP, Ambiguous.BOTH)
+        if wildcard
+        else DstPolicy(Nonexistent.GAP_EDGE, Ambiguous.FIRST)
+    )
     ours = list(itertools.islice(parse_cron(expr).fires(after, tz, policy), 8))
     theirs = [t.astimezone(UTC) for t in itertools.islice(CronSim(expr, after), 8)]
     assert ours == theirs
@@ -253,5 +283,5 @@ def test_resolve_is_monotone_in_local_time(name: str, day: date, policy: DstPoli
     instants = [i for m in range(0, 24 * 60, 15)
                 for i in resolve(day, time(m // 60, m % 60), tz, policy)]  # fmt: skip
     # shift_forward is the exception: 02:30 in a one-hour gap lands after the real 03:00
-    if policy.ambiguous is not Ambiguous.BOTH and policy.nonexistent is not Nonexistent.SHIFT_FORWARD:
+    if Ambiguous.BOTH != policy.ambiguous and Nonexistent.SHIFT_FORWARD != policy.nonexistent:
         assert instants == sorted(instants)
