@@ -98,12 +98,15 @@ def test_parse_until(text: str, until: date) -> None:
         ("FREQ=WEEKLY;BYDAY=1FR", "BYDAY: '1FR': ordinals need FREQ=MONTHLY or YEARLY"),
         ("FREQ=WEEKLY;BYMONTHDAY=1", "BYMONTHDAY: cannot be used with FREQ=WEEKLY"),
         ("FREQ=MONTHLY;BYSETPOS=1", "BYSETPOS: needs BYDAY, BYMONTHDAY or BYMONTH"),
-        ("FREQ=MONTHLY;BYDAY=FR;BYSETPOS=367", "BYSETPOS: 367 is out of range; use 1..366 or -366..-1"),
+        ("FREQ=MONTHLY;BYDAY=FR;BYSETPOS=367",
+         "BYSETPOS: 367 is out of range; use 1..366 or -366..-1"),
         ("FREQ=DAILY;WKST=XY", "WKST: 'XY' is not a weekday (MO..SU)"),
-        ("FREQ=DAILY;UNTIL=2026", "UNTIL: '2026' is not YYYYMMDD, YYYYMMDDTHHMMSSZ or floating time"),
-        ("FREQ=DAILY;SKIP=BACKWARD", "SKIP: is not supported; set the recurrence's skip field instead"),
+        ("FREQ=DAILY;UNTIL=2026",
+         "UNTIL: '2026' is not YYYYMMDD, YYYYMMDDTHHMMSSZ or floating time"),
+        ("FREQ=DAILY;SKIP=BACKWARD",
+         "SKIP: is not supported; set the recurrence's skip field instead"),
     ],
-)
+)  # fmt: skip
 def test_parse_errors_name_the_part(text: str, message: str) -> None:
     with pytest.raises(InvalidSchedule) as err:
         parse_rrule(text)

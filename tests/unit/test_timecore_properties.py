@@ -283,5 +283,5 @@ def test_resolve_is_monotone_in_local_time(name: str, day: date, policy: DstPoli
     instants = [i for m in range(0, 24 * 60, 15)
                 for i in resolve(day, time(m // 60, m % 60), tz, policy)]  # fmt: skip
     # shift_forward is the exception: 02:30 in a one-hour gap lands after the real 03:00
-    if Ambiguous.BOTH != policy.ambiguous and Nonexistent.SHIFT_FORWARD != policy.nonexistent:
+    if policy.ambiguous != Ambiguous.BOTH and policy.nonexistent != Nonexistent.SHIFT_FORWARD:
         assert instants == sorted(instants)
