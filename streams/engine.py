@@ -174,8 +174,7 @@ class Processor:
         try:
             outputs = self.handler.process(p, records)
             await producer.begin_transaction()
-            for out in outputs:
-                await producer.send(out.topic, **kafka.send_kwargs(out))
+            await kafka.send_all(producer, outputs)
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1}, self.group_id)
             await producer.commit_transaction()

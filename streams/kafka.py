@@ -224,5 +224,16 @@ async def _partitions(client: AIOKafkaConsumer, topic: str) -> set[int]:
     return client.partitions_for_topic(topic) or set()
 
 
-def send_kwargs(out: Output) -> dict[str, Any]:
-    return {"key": out.key, "value": out.value, "partition": out.partition}
+async def send_all(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
+    """Send ``outputs`` and wait until the broker has acknowledged every one of them.
+
+    Inside a transaction this drains the send buffer before the commit is asked for, and
+    every delivery future is retrieved, so a fenced or failed batch raises here once
+    instead of leaving unretrieved exceptions behind.
+    """
+    futures = [await producer.send(out.topic, key=out.key, value=out.value,
+                                   partition=out.partition) for out in outputs]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

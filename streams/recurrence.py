@@ -226,8 +226,9 @@ def _until(value: str) -> date | datetime:
 
 # --- expansion -----------------------------------------------------------------------------
 
-# Periods in one 400-year Gregorian cycle; a rule silent for that long never fires again.
-_CYCLE = {Freq.DAILY: 146_097, Freq.WEEKLY: 20_871, Freq.MONTHLY: 4_800, Freq.YEARLY: 400}
+# Periods in 60 years (two 28-year weekday/date cycles and a non-leap century year); a rule
+# silent for that long (and for at least 8 periods) is taken never to fire again.
+_SILENT = {Freq.DAILY: 21_915, Freq.WEEKLY: 3_131, Freq.MONTHLY: 720, Freq.YEARLY: 60}
 
 
 def local_occurrences(
@@ -248,7 +249,8 @@ def local_occurrences(
         if tz is None:
             raise ValueError("a UTC UNTIL needs the series' zone (tz=...)")
         until = until.astimezone(tz).replace(tzinfo=None)
-    for emitted, local in enumerate(_expand(rule, dtstart, skip, 0), start=1):
+    expanded = _expand(rule, dtstart, skip, 0, _until_day(rule, tz))
+    for emitted, local in enumerate(expanded, start=1):
         if _past(local, until):
             return
         if local not in exdates:
@@ -280,7 +282,8 @@ def occurrences(
         if after is not None:
             target = after.astimezone(tz).replace(tzinfo=None) - timedelta(days=2)
             first = _period_of(rule, dtstart_local, target)
-        stream = _bounded(_expand(rule, dtstart_local, skip, first), rule, exdates, tz)
+        expanded = _expand(rule, dtstart_local, skip, first, _until_day(rule, tz))
+        stream = _bounded(expanded, rule, exdates, tz)
     else:
         stream = local_occurrences(rule, dtstart_local, skip=skip, exdates=exdates, tz=tz)
     for local in stream:
@@ -355,17 +358,24 @@ def _period_of(rule: RecurrenceRule, dtstart: datetime, target: datetime) -> int
 
 
 def _expand(
-    rule: RecurrenceRule, dtstart: datetime, skip: Skip, first_period: int
+    rule: RecurrenceRule,
+    dtstart: datetime,
+    skip: Skip,
+    first_period: int,
+    until_day: date | None,
 ) -> Iterator[datetime]:
-    """Candidates from period ``first_period`` on: increasing, deduplicated, >= DTSTART."""
+    """Candidates from period ``first_period`` on: increasing, deduplicated, >= DTSTART, and
+    stopping at the first period that starts after ``until_day``."""
     if _never_fires(rule, skip):
         return
     start_day, at = dtstart.date(), dtstart.time()
     last: date | None = None
     empty = 0
-    limit = _CYCLE[rule.freq] // rule.interval + 2
+    limit = max(_SILENT[rule.freq] // rule.interval, 8)
     k = first_period
     while empty < limit:
+        if until_day is not None and _period_start(rule, start_day, k) > until_day:
+            return
         days = _period_days(rule, start_day, k, skip)
         if days is None:  # past year 9999
             return
@@ -383,6 +393,32 @@ def _never_fires(rule: RecurrenceRule, skip: Skip) -> bool:
         return False
     longest = max(calendar.monthrange(2000, m)[1] for m in rule.bymonth or range(1, 13))
     return min(abs(v) for v in rule.bymonthday) > longest
+
+
+def _period_start(rule: RecurrenceRule, start_day: date, k: int) -> date:
+    step = k * rule.interval
+    try:
+        if rule.freq is Freq.DAILY:
+            return start_day + timedelta(days=step)
+        if rule.freq is Freq.WEEKLY:
+            week = start_day - timedelta(days=(start_day.weekday() - rule.wkst) % 7)
+            return week + timedelta(weeks=step)
+        if rule.freq is Freq.MONTHLY:
+            year, month = divmod(start_day.year * 12 + start_day.month - 1 + step, 12)
+            return date(year, month + 1, 1)
+        return date(start_day.year + step, 1, 1)
+    except (OverflowError, ValueError):
+        return date.max
+
+
+def _until_day(rule: RecurrenceRule, tz: ZoneInfo | None) -> date | None:
+    """The last local date UNTIL can allow (two days of slack for a UTC UNTIL)."""
+    until = rule.until
+    if until is None or not isinstance(until, datetime):
+        return until
+    if until.tzinfo is None:
+        return until.date()
+    return (until.astimezone(tz) if tz else until).date() + timedelta(days=2)
 
 
 def _period_days(rule: RecurrenceRule, start_day: date, k: int, skip: Skip) -> list[date] | None:

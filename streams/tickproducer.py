@@ -7,9 +7,10 @@ partition of ``scheduler.timeline``.
 - Live mode resumes after the last tick in ``scheduler.ticks``: ticks missed while it was
   down are published first (at most ``tick_catchup_max_s`` of them), so coverage has no gap.
 - Range mode publishes a historical window as fast as the broker takes it and exits.
-- All producers share one transactional id, so a second live producer fences the first;
-  the fenced one backs off and resumes after the last tick in the log. Duplicate or older
-  ticks are harmless anyway: a tick at or before a partition's watermark does nothing.
+- Live producers elect one leader through a Kafka consumer group (``Lease``); the others
+  stand by and take over, gaplessly, when it dies. All producers also share one
+  transactional id, so a zombie leader is fenced. Duplicate or older ticks are harmless
+  anyway: a tick at or before a partition's watermark does nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from streams import codec, kafka, logs, metrics
 from streams.errors import Fenced
-from streams.kafka import TopicPartition
+from streams.kafka import Output, TopicPartition
 from streams.logs import fields
 from streams.settings import Settings
 
@@ -83,11 +85,12 @@ class TickPublisher:
         topics = self.settings.topics
         try:
             async with self.producer.transaction():
-                for at in ticks:
-                    value = codec.encode_tick(at)
-                    await self.producer.send(topics.ticks, value=value, partition=0)
-                    for p in range(self.partitions):
-                        await self.producer.send(topics.timeline, value=value, partition=p)
+                await kafka.send_all(self.producer, (
+                    Output(topic, None, codec.encode_tick(at), partition)
+                    for at in ticks
+                    for topic, partition in [(topics.ticks, 0),
+                                             *((topics.timeline, p) for p in range(self.partitions))]
+                ))
         except KafkaError as exc:
             raise kafka.translate(exc) from exc
         metrics.TICKS.inc(len(ticks))
@@ -115,6 +118,43 @@ async def publish_range(settings: Settings, start: datetime, end: datetime, step
     return count
 
 
+class Lease(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Leadership among live tick producers, held through Kafka's group protocol.
+
+    Every live producer joins the group ``<app>-tick`` on ``scheduler.ticks`` (one
+    partition); the member assigned that partition publishes, the others wait. When the
+    leader dies its session expires and another member takes over, resuming after the last
+    tick in the log. Fencing by the shared transactional id stays as a second line.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.held = False
+        self.lock = asyncio.Lock()
+        self.consumer = kafka.consumer(settings, group_id=settings.group_id("tick"),
+                                       session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
+        self.topic = settings.topics.ticks
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        async with self.lock:  # never in the middle of a publish
+            self.held = False
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.held = bool(assigned)
+        log.info("tick lease", extra=fields(held=self.held))
+
+    async def start(self) -> None:
+        self.consumer.subscribe([self.topic], listener=self)
+        await self.consumer.start()
+
+    async def poll(self) -> bool:
+        """Keep the membership alive; True while this process holds the lease."""
+        await self.consumer.getmany(timeout_ms=0)
+        return self.held
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
 async def run_live(settings: Settings, step_s: int, *,
                    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                    stop: asyncio.Event | None = None) -> None:
@@ -126,24 +166,33 @@ async def run_live(settings: Settings, step_s: int, *,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    while not stop.is_set():
-        publisher = TickPublisher(settings)
-        await publisher.start()
-        try:
-            await _live_loop(settings, publisher, step_s, clock, stop)
-        except Fenced:
-            backoff_s = step_s * random.uniform(2, 5)  # noqa: S311 - jitter, not crypto
-            log.warning("tick producer fenced by another one; backing off",
-                        extra=fields(backoff_s=round(backoff_s, 2)))
-            await publisher.stop()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff_s)
-            continue
-        await publisher.stop()
+    lease = Lease(settings)
+    await lease.start()
+    try:
+        while not stop.is_set():
+            if not await lease.poll():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                continue
+            publisher = TickPublisher(settings)
+            await publisher.start()
+            try:
+                await _live_loop(settings, publisher, lease, step_s, clock, stop)
+            except Fenced:
+                backoff_s = step_s * random.uniform(2, 5)  # noqa: S311 - jitter, not crypto
+                log.warning("tick producer fenced by another one; backing off",
+                            extra=fields(backoff_s=round(backoff_s, 2)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff_s)
+            finally:
+                await publisher.stop()
+    finally:
+        await lease.stop()
 
 
-async def _live_loop(settings: Settings, publisher: TickPublisher, step_s: int,
+async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease, step_s: int,
                      clock: Callable[[], datetime], stop: asyncio.Event) -> None:
+    """Publish on the grid while this process holds the lease."""
     step = timedelta(seconds=step_s)
     last = await last_tick(settings)
     now = clock()
@@ -155,16 +204,19 @@ async def _live_loop(settings: Settings, publisher: TickPublisher, step_s: int,
         nxt = oldest
     if last is not None and nxt <= now:
         log.info("tick catch-up", extra=fields(resume_from=nxt.isoformat()))
-    while not stop.is_set():
+    while not stop.is_set() and await lease.poll():
         now = clock()
         due: list[datetime] = []
         while nxt <= now and len(due) < BATCH:
             due.append(nxt)
             nxt += step
         if due:
-            await publisher.publish(due)
+            async with lease.lock:
+                if not lease.held:
+                    return
+                await publisher.publish(due)
             metrics.TICK_LAG.set((clock() - due[-1]).total_seconds())
             continue
-        wait_s = max(0.0, (nxt - clock()).total_seconds())
+        wait_s = min(0.5, max(0.0, (nxt - clock()).total_seconds()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait_s)
