@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from streams import jobcli
 from streams.errors import SchedulerError
 
 
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=6)
     demo.add_argument("--follow-s", type=float, default=90.0,
                       help="seconds to print notifications for (0 = do not follow)")
+    jobcli.add_parsers(sub)
     return parser
 
 
@@ -83,6 +85,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     settings = Settings.from_env()
+    result = jobcli.dispatch(args, settings)
+    if result is not None:
+        return result
     if args.command == "topics":
         from streams import kafka
 

@@ -70,7 +70,7 @@ class Processor:
         self.handler = handler
         self.group_id = settings.group_id(role)
         self.consumer = kafka.consumer(settings, group_id=self.group_id, max_poll_records=2000,
-                                       session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+                                       session_timeout_ms=6_000, heartbeat_interval_ms=1_000,
                                        rebalance_timeout_ms=30_000)
         self.producers: dict[int, Any] = {}
         self.next_offset: dict[int, int] = {}

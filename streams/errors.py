@@ -6,6 +6,7 @@
     │   └── InvalidSchedule        a bad RRULE, cron expression, zone or DST policy
     ├── ConfigError                a bad setting or job registry entry (names the key path)
     ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
+    ├── DatabaseError              PostgreSQL rejected a statement (constraint, syntax, rights)
     ├── Fenced                     another instance owns the partition now (zombie fencing)
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
@@ -59,6 +60,14 @@ class ConfigError(SchedulerError):
 
 class InfrastructureError(SchedulerError):
     """The local stack cannot be set up or started (a taken port, a failed download)."""
+
+
+class DatabaseError(SchedulerError):
+    """PostgreSQL refused a statement in a way a retry cannot fix; ``sqlstate`` says how."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class TransientError(SchedulerError):

@@ -198,11 +198,13 @@ async def read_partition(settings: Settings, topic: str, partition: int,
 async def read_all(settings: Settings, topics: Iterable[str],
                    timeout_s: float = 10) -> list[Record]:
     """Read every committed record of ``topics`` up to their current end (tests, tools)."""
+    tps = [TopicPartition(t, p) for t in topics
+           for p in range(await partition_count(settings, t))]
+    if not tps:
+        return []
     client = consumer(settings, group_id=None)
     await client.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics
-               for p in (client.partitions_for_topic(t) or await _partitions(client, t))]
         client.assign(tps)
         await client.seek_to_beginning(*tps)
         ends = await client.end_offsets(tps)
@@ -217,11 +219,6 @@ async def read_all(settings: Settings, topics: Iterable[str],
         return out
     finally:
         await client.stop()
-
-
-async def _partitions(client: AIOKafkaConsumer, topic: str) -> set[int]:
-    await client._client.force_metadata_update()
-    return client.partitions_for_topic(topic) or set()
 
 
 async def send_all(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:

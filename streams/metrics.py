@@ -28,3 +28,15 @@ def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0 disables)."""
     if port:
         start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from the pod network
+
+# Maintenance jobs (job names come from the registry: a small, operator-controlled set).
+JOB_RUNS = Counter("cronorch_job_runs_total", "Job run records (one per attempt or decision)",
+                   ["job", "status"])
+JOB_RUN_SECONDS = Histogram("cronorch_job_run_seconds", "Duration of one job attempt", ["job"],
+                            buckets=(0.01, 0.05, 0.25, 1, 5, 15, 60, 300, 900, 3600))
+JOB_TRIGGERS = Counter("cronorch_job_triggers_total", "Slots decided by the trigger agent",
+                       ["job", "disposition"])
+JOB_RETRIES = Counter("cronorch_job_retries_total", "Job attempts followed by a retry", ["job"])
+JOB_ROWS = Counter("cronorch_job_rows_affected_total", "Rows moved or deleted by jobs", ["job"])
+JOB_DUPLICATES = Counter("cronorch_job_duplicate_triggers_total",
+                         "Triggers for a slot that was claimed before", ["job"])

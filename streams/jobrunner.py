@@ -1,0 +1,501 @@
+"""The job-runner process: the trigger agent and the runner, apart from the worker.
+
+    scheduler.ticks ──trigger agent (exactly-once, engine.Processor)──► scheduler.job-triggers
+                                    └──► scheduler.job-runs (coalesced / missed slots)
+    scheduler.job-triggers ──runner (group <app>-jobrunner)──► PostgreSQL job_runs + the job
+                                    └──► scheduler.job-runs + one JSON log line per record
+
+The trigger agent turns ticks into slots with ``jobs.slots_due`` (time comes from ticks only);
+each batch of ticks is judged at its newest tick, so a backlog is caught up under the job's
+catch-up window and coalesce policy instead of being replayed slot by slot.
+
+The runner claims every slot with one INSERT … ON CONFLICT DO NOTHING on
+UNIQUE(job, scheduled_for) before it commits the trigger's offset, so a slot executes at
+most once ever whatever the number of runners and duplicated triggers. Executions hold the
+job's advisory lock on a session of their own and store that session's identity in the row;
+a claimed row whose session is gone belongs to a dead runner and is failed as
+``Abandoned`` (never re-run). Only ``started_at``/``finished_at``/durations come from the
+clock passed in at the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from schemas import JobRun, JobTrigger, Tick
+from schemas.wire import WireError, dumps, loads
+from streams import codec, jobs, kafka, logs, metrics
+from streams.engine import Processor
+from streams.errors import DatabaseUnavailable, InvalidEvent, SchedulerError, TransientError
+from streams.jobs import Disposition, Outcome, OverlapAction
+from streams.kafka import Output, Record
+from streams.logs import fields
+from streams.postgres import Claim, Database, JobLock
+from streams.registry import Job, Overlap, Registry
+from streams.settings import Settings
+
+log = logging.getLogger("cronorch.jobs")
+Clock = Callable[[], datetime]
+Emit = Callable[[JobRun], Awaitable[None]]
+MAX_MESSAGE = 300
+
+
+def _z(at: datetime | None) -> str | None:
+    return None if at is None else jobs.z(at)
+
+
+# --- the trigger agent ---------------------------------------------------------------------
+
+
+class TriggerAgent:
+    """scheduler.ticks → one JobTrigger per slot to run (key: job name)."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.changelog_topic: str | None = None
+        self.watermark: datetime | None = None
+
+    def assign(self, partition: int, changelog: Iterable[Record]) -> None:
+        self.watermark = None  # re-derived from the first tick read: see ``process``
+
+    def revoke(self, partition: int) -> None:
+        self.watermark = None
+
+    def process(self, partition: int, records: list[Record]) -> list[Output]:
+        ticks: list[datetime] = []
+        for record in records:
+            try:
+                item = codec.decode_timeline(record.value)
+            except InvalidEvent as exc:
+                log.warning("bad tick ignored", extra=fields(offset=record.offset,
+                                                             reason=exc.reason))
+                continue
+            if isinstance(item, Tick):
+                ticks.append(item.tick_at)
+        if not ticks:
+            return []
+        newest = max(ticks)
+        # After an assignment the previous tick is the one before the first read: the ticks
+        # lie on a grid of tick_interval_s (the tick producer fills its own gaps).
+        previous = self.watermark or min(ticks) - timedelta(seconds=self.settings.tick_interval_s)
+        if newest <= previous:
+            return []
+        self.watermark = newest
+        return decide(self.settings, self.registry, previous, newest)
+
+
+def decide(settings: Settings, registry: Registry, previous: datetime,
+           tick_at: datetime) -> list[Output]:
+    """The outputs for every job's slots in ``(previous, tick_at]`` judged at ``tick_at``."""
+    topics = settings.topics
+    outputs: list[Output] = []
+    for job in registry.jobs:
+        due = jobs.slots_due(job, previous, tick_at)
+        for slot in due.slots:
+            metrics.JOB_TRIGGERS.labels(job.name, slot.disposition.value).inc()
+            if slot.disposition is Disposition.RUN:
+                trigger = JobTrigger(trigger_id=jobs.trigger_id(job.name, slot.scheduled_for),
+                                     job=job.name, scheduled_for=slot.scheduled_for,
+                                     tick_at=tick_at, trigger="schedule")
+                outputs.append(Output(topics.job_triggers, job.name.encode(), dumps(trigger)))
+                continue
+            run = _decision_run(job, slot.scheduled_for, slot.disposition, slot.late_s)
+            _log_run(run)
+            outputs.append(Output(topics.job_runs, job.name.encode(), dumps(run)))
+        if due.uncounted_missed:
+            log.warning("job slots missed beyond the enumeration bound", extra=fields(
+                job=job.name, missed=due.uncounted_missed))
+    return outputs
+
+
+def _decision_run(job: Job, scheduled_for: datetime, disposition: Disposition,
+                  late_s: float, trigger: str = "schedule") -> JobRun:
+    if disposition is Disposition.MISSED:
+        status, message = "missed", (f"became due {late_s:.0f} s late, beyond the catch-up "
+                                     f"window of {job.catchup_window_s} s")
+    else:
+        status, message = "skipped", f"coalesced ({job.coalesce.value}): another slot ran instead"
+    return JobRun(run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
+                  scheduled_for=scheduled_for, trigger=trigger, attempt=1,
+                  started_at=None, finished_at=None, duration_ms=None, status=status,
+                  error_message=message)
+
+
+def _log_run(run: JobRun) -> None:
+    doc = run.model_dump(mode="json")
+    doc.pop("type")
+    metrics.JOB_RUNS.labels(run.job, run.status).inc()
+    level = logging.WARNING if run.status in ("failed", "missed") else logging.INFO
+    log.log(level, "job run", extra=fields(**doc))
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+class Runner:
+    """Claims slots and executes them; IO through ``db`` and ``emit``, time through ``clock``."""
+
+    def __init__(self, registry: Registry, db: Database, *, clock: Clock, rng: random.Random,
+                 emit: Emit, runner_id: str | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.registry = registry
+        self.db = db
+        self.clock = clock
+        self.rng = rng
+        self.emit = emit
+        self.sleep = sleep
+        self.runner_id = runner_id or f"runner-{uuid.uuid4().hex[:12]}"
+        self.tasks: set[asyncio.Task[JobRun | None]] = set()
+
+    def _job(self, name: str) -> Job | None:
+        for job in self.registry.jobs:
+            if job.name == name:
+                return job
+        return None
+
+    async def record(self, run: JobRun) -> None:
+        """The run log: one JSON line, a metric and a scheduler.job-runs record."""
+        _log_run(run)
+        try:
+            await self.emit(run)
+        except SchedulerError as exc:
+            log.warning("job run record not published", extra=fields(
+                run_id=run.run_id, error_class=type(exc).__name__))
+
+    async def sweep(self) -> int:
+        """Fail the claimed slots of runners that went away; returns how many."""
+        rows = await self.db.sweep_abandoned(self.runner_id, self.clock())
+        for row in rows:
+            await self.record(JobRun(
+                run_id=jobs.run_id(row["job"], row["scheduled_for"], max(1, row["attempt"])),
+                job=row["job"], kind=row["kind"], scheduled_for=row["scheduled_for"],
+                trigger=row["trigger"], attempt=max(1, row["attempt"]), started_at=None,
+                finished_at=None, duration_ms=None, status="failed", error_class="Abandoned",
+                error_message="the runner that claimed this slot went away before finishing it"))
+        return len(rows)
+
+    async def handle(self, trigger: JobTrigger) -> None:
+        """One trigger from scheduler.job-triggers: defer, catch up or dispatch its slot."""
+        job = self._job(trigger.job)
+        if job is None:
+            log.warning("trigger for a job not in the registry ignored",
+                        extra=fields(job=trigger.job, trigger_id=trigger.trigger_id))
+            return
+        paused, _, resume_from = await self.db.job_state(job.name)
+        if paused or job.paused:
+            await self.db.defer(job.name, trigger.scheduled_for)
+            log.info("job paused: slot deferred", extra=fields(
+                job=job.name, scheduled_for=_z(trigger.scheduled_for)))
+            return
+        if resume_from is not None and resume_from <= trigger.scheduled_for:
+            await self._catch_up(job, resume_from, trigger.tick_at)
+            return
+        await self.dispatch(job, trigger.scheduled_for, trigger.trigger, trigger.trigger_id,
+                            trigger.tick_at)
+
+    async def _catch_up(self, job: Job, resume_from: datetime, tick_at: datetime) -> None:
+        """After a resume: the slots deferred while paused, under the job's window/coalesce."""
+        due = jobs.slots_due(job, resume_from - timedelta(microseconds=1), tick_at)
+        for slot in due.slots:
+            if slot.disposition is Disposition.RUN:
+                await self.dispatch(job, slot.scheduled_for, "schedule",
+                                    jobs.trigger_id(job.name, slot.scheduled_for), tick_at)
+                continue
+            run = _decision_run(job, slot.scheduled_for, slot.disposition, slot.late_s)
+            status = "missed" if slot.disposition is Disposition.MISSED else "skipped"
+            claim = Claim(job.name, slot.scheduled_for, job.kind, "schedule",
+                          jobs.trigger_id(job.name, slot.scheduled_for), tick_at, status,
+                          self.runner_id, run.error_message)
+            if await self.db.claim(claim, None, finished_at=self.clock()):
+                await self.record(run)
+        await self.db.clear_resume_from(job.name)
+
+    async def dispatch(self, job: Job, scheduled_for: datetime, trigger: str, trigger_id: str,
+                       tick_at: datetime | None) -> asyncio.Task[JobRun | None] | None:
+        """Claim the slot and start it (or record it skipped); None if it was claimed before."""
+        await self.sweep()
+        shared = job.overlap is Overlap.ALLOW
+        lock = await self.db.job_lock(job.name, shared=shared, wait=False)
+        running = lock is None
+        waiting = (running and job.overlap is Overlap.BUFFER_ONE
+                   and await self.db.waiting_exists(job.name))
+        action = jobs.overlap_action(job.overlap, running=running, waiting=waiting)
+        holder: JobLock | None = lock
+        note = None
+        if action is OverlapAction.WAIT:
+            holder = await self.db.waiting_connection()
+        elif action is OverlapAction.SKIP:
+            note = f"overlap ({job.overlap.value}): the previous run was still running"
+        status = {OverlapAction.RUN: "running", OverlapAction.WAIT: "queued",
+                  OverlapAction.SKIP: "skipped"}[action]
+        claim = Claim(job.name, scheduled_for, job.kind, trigger, trigger_id, tick_at, status,
+                      self.runner_id, note)
+        try:
+            claimed = await self.db.claim(
+                claim, holder, finished_at=self.clock() if action is OverlapAction.SKIP else None)
+        except BaseException:
+            await self.db.release(holder)
+            raise
+        if not claimed:
+            await self.db.release(holder)
+            metrics.JOB_DUPLICATES.labels(job.name).inc()
+            log.info("slot claimed before: trigger ignored", extra=fields(
+                job=job.name, scheduled_for=_z(scheduled_for), trigger=trigger))
+            return None
+        if action is OverlapAction.SKIP:
+            await self.record(JobRun(
+                run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
+                scheduled_for=scheduled_for, trigger=trigger, attempt=1,
+                started_at=None, finished_at=None, duration_ms=None, status="skipped",
+                error_message=note))
+            return None
+        assert holder is not None
+        task = asyncio.create_task(self._execute(
+            job, scheduled_for, trigger, holder, queued=action is OverlapAction.WAIT))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _execute(self, job: Job, scheduled_for: datetime, trigger: str, lock: JobLock,
+                       *, queued: bool) -> JobRun | None:
+        holder: JobLock | None = lock
+        shared = job.overlap is Overlap.ALLOW
+        first_started: datetime | None = None
+        attempt = 0
+        try:
+            if queued:
+                try:
+                    await self.db.wait_lock_on(lock, job.name, shared=shared)
+                except SchedulerError:
+                    await self.db.release(lock)
+                    holder = None
+            while True:
+                attempt += 1
+                started = self.clock()
+                first_started = first_started or started
+                error: SchedulerError | None = None
+                outcome = Outcome()
+                try:
+                    if holder is None:
+                        holder = await self.db.job_lock(job.name, shared=shared, wait=True)
+                        assert holder is not None
+                    if not await self.db.start_attempt(job.name, scheduled_for, attempt, started,
+                                                       holder, self.runner_id):
+                        log.warning("slot no longer ours: execution stopped", extra=fields(
+                            job=job.name, scheduled_for=_z(scheduled_for)))
+                        return None
+                    outcome = await asyncio.wait_for(
+                        jobs.run_kind(job, self.db, scheduled_for, attempt, self.sleep),
+                        job.timeout_s)
+                except TimeoutError:
+                    error = TransientError(f"timed out after {job.timeout_s} s")
+                except SchedulerError as exc:
+                    error = exc
+                finished = self.clock()
+                metrics.JOB_RUN_SECONDS.labels(job.name).observe(
+                    (finished - started).total_seconds())
+                if error is None:
+                    metrics.JOB_ROWS.labels(job.name).inc(outcome.affected)
+                    return await self._finish(job, scheduled_for, trigger, attempt, started,
+                                              first_started, finished, "succeeded", outcome)
+                decision = jobs.retry_decision(job.retries, attempt, retriable=error.retriable,
+                                               rng=self.rng)
+                if not decision.retry:
+                    return await self._finish(job, scheduled_for, trigger, attempt, started,
+                                              first_started, finished, "failed", outcome, error)
+                metrics.JOB_RETRIES.labels(job.name).inc()
+                await self.record(self._run(job, scheduled_for, trigger, attempt, started,
+                                            finished, "failed", outcome, error))
+                log.info("job attempt failed: retrying", extra=fields(
+                    job=job.name, scheduled_for=_z(scheduled_for), attempt=attempt,
+                    delay_s=round(decision.delay_s, 3)))
+                # Release the session: if PostgreSQL went away it is dead anyway.
+                await self.db.release(holder)
+                holder = None
+                await self.sleep(decision.delay_s)
+        finally:
+            await self.db.release(holder)
+
+    def _run(self, job: Job, scheduled_for: datetime, trigger: str, attempt: int,
+             started: datetime, finished: datetime, status: str, outcome: Outcome,
+             error: SchedulerError | None = None) -> JobRun:
+        return JobRun(
+            run_id=jobs.run_id(job.name, scheduled_for, attempt), job=job.name, kind=job.kind,
+            scheduled_for=scheduled_for, trigger=trigger, attempt=attempt,
+            started_at=started, finished_at=finished,
+            duration_ms=max(0, int((finished - started).total_seconds() * 1000)),
+            status=status, processed=outcome.processed, affected=outcome.affected,
+            before=outcome.before, after=outcome.after,
+            error_class=type(error).__name__ if error else None,
+            error_message=str(error)[:MAX_MESSAGE] if error else None)
+
+    async def _finish(self, job: Job, scheduled_for: datetime, trigger: str, attempt: int,
+                      started: datetime, first_started: datetime, finished: datetime,
+                      status: str, outcome: Outcome,
+                      error: SchedulerError | None = None) -> JobRun:
+        run = self._run(job, scheduled_for, trigger, attempt, started, finished, status,
+                        outcome, error)
+        total_ms = max(0, int((finished - first_started).total_seconds() * 1000))
+        # The row must end up written even if PostgreSQL is briefly away right now.
+        for persist_attempt in range(1, 61):
+            try:
+                await self.db.finish(
+                    job.name, scheduled_for, self.runner_id, status=status, attempt=attempt,
+                    started_at=first_started, finished_at=finished, duration_ms=total_ms,
+                    processed=outcome.processed, affected=outcome.affected,
+                    before=outcome.before, after=outcome.after,
+                    error_class=run.error_class, error_message=run.error_message)
+                break
+            except DatabaseUnavailable:
+                await self.sleep(jobs.backoff_cap_s(job.retries, persist_attempt)
+                                 * self.rng.random())
+        await self.record(run)
+        return run
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let running executions finish (up to ``timeout_s``), then cancel the rest."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+# --- the process -------------------------------------------------------------------------------
+
+
+async def _emitter(settings: Settings) -> tuple[Any, Emit]:
+    producer = kafka.producer(settings, None)
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        raise kafka.translate(exc) from exc
+
+    async def emit(run: JobRun) -> None:
+        try:
+            await producer.send_and_wait(settings.topics.job_runs, key=run.job.encode(),
+                                         value=dumps(run))
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+
+    return producer, emit
+
+
+async def run_manual(settings: Settings, registry: Registry, name: str, *,
+                     clock: Clock = lambda: datetime.now(UTC)) -> JobRun | None:
+    """``cronorch jobs run NAME``: run the job now, in this process, recorded as manual."""
+    job = registry.get(name)
+    db = await Database.connect(settings.database_url.get_secret_value())
+    producer, emit = await _emitter(settings)
+    try:
+        runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
+        at = clock().replace(microsecond=0)
+        task = await runner.dispatch(job, at, "manual", jobs.trigger_id(name, at, "manual"),
+                                     None)
+        if task is None:
+            rows = [r for r in await db.runs(name) if r["scheduled_for"] == at]
+            log.info("manual run not started", extra=fields(
+                job=name, status=rows[0]["status"] if rows else "claimed before"))
+            return None
+        return await task
+    finally:
+        await producer.stop()
+        await db.close()
+
+
+async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | None = None,
+              clock: Clock = lambda: datetime.now(UTC)) -> None:
+    """``cronorch job-runner``: the trigger agent and the runner until SIGTERM/SIGINT."""
+    logs.configure(settings.log_level)
+    metrics.serve(settings.metrics_port)
+    await kafka.wait_ready(settings)
+    await kafka.ensure_topics(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    db = await Database.connect(settings.database_url.get_secret_value())
+    producer, emit = await _emitter(settings)
+    runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
+    try:
+        await db.migrate()
+        await runner.sweep()
+        log.info("job runner started", extra=fields(runner_id=runner.runner_id,
+                                                    jobs=registry.names()))
+        agent = Processor(settings, "jobtrigger", settings.topics.ticks,
+                          TriggerAgent(settings, registry))
+        tasks = [asyncio.create_task(agent.run(stop)),
+                 asyncio.create_task(_consume_triggers(settings, runner, stop))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runner.drain(timeout_s=30)
+    finally:
+        await producer.stop()
+        await db.close()
+        log.info("job runner stopped", extra=fields(runner_id=runner.runner_id))
+
+
+async def _consume_triggers(settings: Settings, runner: Runner, stop: asyncio.Event) -> None:
+    consumer = kafka.consumer(settings, settings.topics.job_triggers,
+                              group_id=settings.group_id("jobrunner"),
+                              session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        raise kafka.translate(exc) from exc
+    rng = random.Random()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=100)
+            for tp, msgs in batches.items():
+                for msg in msgs:
+                    if not await _handle_record(runner, msg.value, msg.offset, stop, rng):
+                        return  # stopping before the trigger was handled: not committed
+                    await consumer.commit({tp: msg.offset + 1})
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+
+
+async def _handle_record(runner: Runner, value: bytes | None, offset: int,
+                         stop: asyncio.Event, rng: random.Random) -> bool:
+    """Handle one trigger, retrying while PostgreSQL is away; False if stopped first."""
+    try:
+        trigger = loads(JobTrigger, value or b"")
+    except WireError as exc:
+        log.warning("bad job trigger ignored", extra=fields(offset=offset, reason=exc.reason))
+        return True
+    delay_s = 0.5
+    started = time.monotonic()
+    while not stop.is_set():
+        try:
+            await runner.handle(trigger)
+            return True
+        except DatabaseUnavailable as exc:
+            # The claim is the commit point: without it the trigger is not consumed.
+            log.warning("database unavailable: trigger retried", extra=fields(
+                trigger_id=trigger.trigger_id, error_message=str(exc)[:MAX_MESSAGE],
+                waited_s=round(time.monotonic() - started, 1)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), rng.uniform(0, delay_s))
+            delay_s = min(30.0, delay_s * 2)
+    return False

@@ -1,0 +1,294 @@
+"""Maintenance jobs: the pure decisions, and the built-in kinds written against a port.
+
+Owns
+- which slots of a job are due between two ticks, and what happens to each (catch-up
+  window, coalesce ``latest | earliest | all``): ``slots_due``;
+- what a slot does when its job is still running (overlap ``skip | buffer_one | allow``):
+  ``overlap_action``;
+- whether and how long to wait before another attempt (exponential backoff with full
+  jitter, cap, retriable errors only): ``retry_decision``;
+- deterministic ids for triggers and runs;
+- the built-in kinds (``archive_completed``, ``purge_expired``, ``noop``) as orchestration
+  of batches over the ``DataStore`` port; ``MemoryDataStore`` is its in-memory twin and
+  ``streams.postgres.Database`` the real one (one contract suite runs against both).
+
+Must not read the clock or draw randomness of its own (time and a ``random.Random`` are
+passed in), and must not import a driver: IO happens behind the port.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from streams.errors import TransientError
+from streams.registry import Coalesce, Job, Overlap, Retries
+
+MAX_SLOTS = 1000  # slots enumerated per decision; a longer gap is reported as a count
+
+
+class Disposition(StrEnum):
+    RUN = "run"
+    COALESCED = "coalesced"  # due at once with another slot that runs instead (status skipped)
+    MISSED = "missed"  # older than the catch-up window when it became due
+
+
+@dataclass(frozen=True, slots=True)
+class SlotDecision:
+    scheduled_for: datetime
+    disposition: Disposition
+    late_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DueSlots:
+    """The slots of one job that became due in ``(after, until]``, oldest first."""
+
+    slots: tuple[SlotDecision, ...]
+    uncounted_missed: int = 0  # slots beyond ``MAX_SLOTS`` that were not enumerated
+
+    @property
+    def to_run(self) -> list[datetime]:
+        return [s.scheduled_for for s in self.slots if s.disposition is Disposition.RUN]
+
+
+def slots_due(job: Job, after: datetime, until: datetime) -> DueSlots:
+    """Decide the slots in ``(after, until]`` seen at tick ``until``.
+
+    A slot F is late by ``until - F``; within ``catchup_window_s`` it is a candidate,
+    otherwise missed. Of the candidates, ``coalesce`` picks the latest, the earliest or all;
+    the others are coalesced away.
+    """
+    window = timedelta(seconds=job.catchup_window_s)
+    fires: list[datetime] = []
+    uncounted = 0
+    for fire in job.fires(after):
+        if fire > until:
+            break
+        if len(fires) == MAX_SLOTS:
+            # Keep the newest MAX_SLOTS: the candidates are at the end.
+            fires.pop(0)
+            uncounted += 1
+        fires.append(fire)
+    candidates = [f for f in fires if until - f <= window]
+    if job.coalesce is Coalesce.LATEST:
+        chosen = set(candidates[-1:])
+    elif job.coalesce is Coalesce.EARLIEST:
+        chosen = set(candidates[:1])
+    else:
+        chosen = set(candidates)
+    decisions = []
+    for fire in fires:
+        late_s = (until - fire).total_seconds()
+        if fire in chosen:
+            disposition = Disposition.RUN
+        elif until - fire <= window:
+            disposition = Disposition.COALESCED
+        else:
+            disposition = Disposition.MISSED
+        decisions.append(SlotDecision(fire, disposition, late_s))
+    return DueSlots(tuple(decisions), uncounted)
+
+
+class OverlapAction(StrEnum):
+    RUN = "run"  # the job is idle (or overlap allows concurrency): run now
+    WAIT = "wait"  # buffer_one: run when the current run ends
+    SKIP = "skip"  # record the slot as skipped
+
+
+def overlap_action(policy: Overlap, *, running: bool, waiting: bool) -> OverlapAction:
+    """What a new slot does, given whether a run of its job is going and one is waiting."""
+    if policy is Overlap.ALLOW or not running:
+        return OverlapAction.RUN
+    if policy is Overlap.BUFFER_ONE and not waiting:
+        return OverlapAction.WAIT
+    return OverlapAction.SKIP
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    retry: bool
+    delay_s: float = 0.0
+    reason: str = ""
+
+
+def backoff_cap_s(retries: Retries, attempt: int) -> float:
+    """The upper bound of the wait after failed attempt ``attempt`` (1-based)."""
+    return min(retries.max_delay_s, retries.base_delay_s * 2.0 ** (attempt - 1))
+
+
+def retry_decision(retries: Retries, attempt: int, *, retriable: bool,
+                   rng: random.Random) -> RetryDecision:
+    """After failed attempt ``attempt``: retry after uniform(0, cap) seconds (full jitter)?"""
+    if not retriable:
+        return RetryDecision(False, reason="not retriable")
+    if attempt >= retries.max_attempts:
+        return RetryDecision(False, reason=f"attempts exhausted ({retries.max_attempts})")
+    return RetryDecision(True, rng.uniform(0.0, backoff_cap_s(retries, attempt)))
+
+
+def z(at: datetime) -> str:
+    """An instant as RFC 3339 UTC with ``Z`` (ids, logs)."""
+    text = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return text
+
+
+def trigger_id(job: str, scheduled_for: datetime, trigger: str = "schedule") -> str:
+    """The same slot always gets the same id (duplicates are recognisable downstream)."""
+    base = f"{job}@{z(scheduled_for)}"
+    return base if trigger == "schedule" else f"{base}/{trigger}"
+
+
+def run_id(job: str, scheduled_for: datetime, attempt: int) -> str:
+    return f"{job}@{z(scheduled_for)}#{attempt}"
+
+
+# --- built-in kinds --------------------------------------------------------------------
+
+
+class DataStore(Protocol):
+    """What the built-in kinds need from the database. Each batch is one transaction."""
+
+    async def archive_counts(self, cutoff: datetime) -> dict[str, int]: ...
+
+    async def archive_batch(self, cutoff: datetime, batch_size: int,
+                            archived_at: datetime) -> int: ...
+
+    async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]: ...
+
+    async def purge_batch(self, target: str, cutoff: datetime, batch_size: int) -> int: ...
+
+
+PURGE_TARGETS = {  # target → the param holding its retention in days
+    "tasks_archive": "archive_retention_days",
+    "job_runs": "job_runs_retention_days",
+    "dead_letters": "dead_letters_retention_days",
+}
+
+
+@dataclass(slots=True)
+class Outcome:
+    processed: int = 0
+    affected: int = 0
+    batches: int = 0
+    before: dict[str, int] = field(default_factory=dict)
+    after: dict[str, int] = field(default_factory=dict)
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+async def run_kind(job: Job, store: DataStore, scheduled_for: datetime, attempt: int,
+                   sleep: Sleep) -> Outcome:
+    """Run one attempt of ``job`` for its slot ``scheduled_for`` (the slot is "now")."""
+    if job.kind == "archive_completed":
+        return await archive_completed(store, scheduled_for, int(job.params["older_than_days"]),
+                                       int(job.params["batch_size"]))
+    if job.kind == "purge_expired":
+        cutoffs = {t: scheduled_for - timedelta(days=int(job.params[p]))
+                   for t, p in PURGE_TARGETS.items()}
+        return await purge_expired(store, cutoffs, int(job.params["batch_size"]))
+    if job.kind == "noop":
+        await sleep(float(job.params["sleep_s"]))
+        if attempt <= int(job.params["fail_attempts"]):
+            raise TransientError(f"noop drill: attempt {attempt} fails on purpose")
+        return Outcome()
+    raise AssertionError(job.kind)  # the registry admits only known kinds
+
+
+async def archive_completed(store: DataStore, now: datetime, older_than_days: int,
+                            batch_size: int) -> Outcome:
+    """Move tasks completed before ``now - older_than_days`` into the archive, batch by batch.
+
+    Re-running is a no-op once nothing is eligible; a batch interrupted by a failure rolls
+    back whole, so a retry continues where the last committed batch ended.
+    """
+    cutoff = now - timedelta(days=older_than_days)
+    outcome = Outcome(before=await store.archive_counts(cutoff))
+    while True:
+        moved = await store.archive_batch(cutoff, batch_size, now)
+        outcome.batches += 1
+        outcome.processed += moved
+        outcome.affected += moved
+        if moved < batch_size:
+            break
+    outcome.after = await store.archive_counts(cutoff)
+    return outcome
+
+
+async def purge_expired(store: DataStore, cutoffs: Mapping[str, datetime],
+                        batch_size: int) -> Outcome:
+    """Delete what is past its retention from each target, batch by batch."""
+    outcome = Outcome(before=await store.purge_counts(cutoffs))
+    for target, cutoff in cutoffs.items():
+        while True:
+            deleted = await store.purge_batch(target, cutoff, batch_size)
+            outcome.batches += 1
+            outcome.processed += deleted
+            outcome.affected += deleted
+            if deleted < batch_size:
+                break
+    outcome.after = await store.purge_counts(cutoffs)
+    return outcome
+
+
+@dataclass
+class MemoryDataStore:
+    """The in-memory twin of ``DataStore``: tasks as dicts keyed by ``task_id``.
+
+    ``tasks`` rows hold ``status`` and ``completed_at``; ``archive`` rows add
+    ``archived_at``; ``job_runs`` and ``dead_letters`` hold the instant purge compares.
+    """
+
+    tasks: dict[str, dict[str, object]] = field(default_factory=dict)
+    archive: dict[str, dict[str, object]] = field(default_factory=dict)
+    job_runs: dict[str, datetime] = field(default_factory=dict)
+    dead_letters: dict[str, datetime] = field(default_factory=dict)
+
+    def _eligible(self, cutoff: datetime) -> list[str]:
+        rows = [(t["completed_at"], k) for k, t in self.tasks.items()
+                if t["status"] == "completed" and isinstance(t["completed_at"], datetime)
+                and t["completed_at"] < cutoff]
+        return [k for _, k in sorted(rows)]
+
+    async def archive_counts(self, cutoff: datetime) -> dict[str, int]:
+        return {"tasks": len(self.tasks), "eligible": len(self._eligible(cutoff)),
+                "tasks_archive": len(self.archive)}
+
+    async def archive_batch(self, cutoff: datetime, batch_size: int,
+                            archived_at: datetime) -> int:
+        keys = self._eligible(cutoff)[:batch_size]
+        for key in keys:
+            self.archive[key] = {**self.tasks.pop(key), "archived_at": archived_at}
+        return len(keys)
+
+    def _expired(self, target: str, cutoff: datetime) -> list[str]:
+        if target == "tasks_archive":
+            return [k for k, row in self.archive.items()
+                    if isinstance(row["archived_at"], datetime) and row["archived_at"] < cutoff]
+        table = self.job_runs if target == "job_runs" else self.dead_letters
+        return [k for k, at in table.items() if at < cutoff]
+
+    async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for target, cutoff in cutoffs.items():
+            counts[target] = len(self._table(target))
+            counts[f"{target}_expired"] = len(self._expired(target, cutoff))
+        return counts
+
+    async def purge_batch(self, target: str, cutoff: datetime, batch_size: int) -> int:
+        keys = self._expired(target, cutoff)[:batch_size]
+        table = self._table(target)
+        for key in keys:
+            del table[key]
+        return len(keys)
+
+    def _table(self, target: str) -> dict[str, object] | dict[str, datetime] | dict[
+            str, dict[str, object]]:
+        if target == "tasks_archive":
+            return self.archive
+        return self.job_runs if target == "job_runs" else self.dead_letters

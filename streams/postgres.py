@@ -1,0 +1,324 @@
+"""PostgreSQL adapter: the asyncpg pool, migrations, named queries and error translation.
+
+Owns every conversation with PostgreSQL. SQL lives in ``streams/queries.sql`` (named blocks,
+``$n`` parameters) and ``streams/migrations/NNN_*.sql``; nothing here builds SQL from values.
+Driver errors never leave this module: connection loss, refused connections, timeouts,
+serialization failures, deadlocks and server shutdowns become ``DatabaseUnavailable``
+(retriable); everything else becomes ``DatabaseError`` — both chained with ``from``.
+
+Implements the ``streams.jobs.DataStore`` port plus what the job runner needs (slot claims,
+per-job advisory locks, pause state). Must not import the planning or runner modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+from streams.errors import DatabaseError, DatabaseUnavailable
+
+MIGRATION_LOCK = 0x63726F6E6F7263  # "cronorc": one migrator at a time
+# SQLSTATEs a retry can help with: serialization failure, deadlock, lock timeout, statement
+# timeout/cancel, server shutting down or starting, too many connections; class 08 (connection).
+RETRIABLE_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03",
+                              "53300", "53400"})
+_NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of ``queries.sql``."""
+    text = (resources.files("streams") / "queries.sql").read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    for name, body in named.items():
+        if "%s" in body or re.search(r"(?<!:):[a-z_]+", body):
+            raise AssertionError(f"query {name} uses a parameter style other than $n")
+    return named
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every migration, in order."""
+    folder = resources.files("streams") / "migrations"
+    out: list[tuple[int, str, str]] = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{3})_[a-z0-9_]+\.sql", entry.name)
+        if match:
+            out.append((int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    versions = [v for v, _, _ in out]
+    if len(set(versions)) != len(versions):
+        raise AssertionError(f"duplicate migration versions: {versions}")
+    return out
+
+
+def translate(exc: BaseException) -> Exception:
+    """Map a driver or socket error to ours (``raise translate(e) from e``)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        message = f"{type(exc).__name__} ({state}): {getattr(exc, 'message', None) or exc}"
+        if state.startswith("08") or state in RETRIABLE_STATES or isinstance(
+                exc, asyncpg.PostgresConnectionError):
+            return DatabaseUnavailable(message)
+        return DatabaseError(message, state)
+    # A connection that broke mid-query leaves asyncpg's protocol in a state it reports as
+    # an internal client error; for us it is a lost connection like any other.
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                        ConnectionError, TimeoutError)):
+        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                  OSError, TimeoutError)
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise translate(exc) from exc
+
+
+def lock_key(job: str) -> int:
+    """The advisory lock key of a job: a stable signed 64-bit hash of its name."""
+    digest = hashlib.sha256(f"cronorch.job:{job}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(slots=True)
+class JobLock:
+    """A pool connection holding (or waiting for) a job's advisory lock.
+
+    The lock lives as long as the connection's session: releasing the connection to the pool
+    resets the session (``pg_advisory_unlock_all``); a dead process loses it with its socket.
+    """
+
+    connection: Any
+    pid: int
+    backend_start: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job: str
+    scheduled_for: datetime
+    kind: str
+    trigger: str
+    trigger_id: str
+    tick_at: datetime | None
+    status: str  # 'running' | 'queued' | 'skipped' | 'missed'
+    runner_id: str
+    note: str | None = None
+
+
+class Database:
+    """A pool plus named-query methods; build with ``await Database.connect(url)``."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10,
+                      timeout_s: float = 10) -> Database:
+        async with _translated():
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                             timeout=timeout_s, command_timeout=None)
+        return cls(pool)
+
+    async def close(self) -> None:
+        async with _translated():
+            await self.pool.close()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def fetch(self, name: str, *args: Any) -> list[Any]:
+        async with _translated():
+            return list(await self.pool.fetch(queries()[name], *args))
+
+    async def fetchrow(self, name: str, *args: Any) -> Any:
+        async with _translated():
+            return await self.pool.fetchrow(queries()[name], *args)
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        async with _translated():
+            return await self.pool.fetchval(queries()[name], *args)
+
+    async def execute(self, name: str, *args: Any) -> str:
+        async with _translated():
+            return str(await self.pool.execute(queries()[name], *args))
+
+    # --- migrations --------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, one transaction each, under an advisory lock.
+
+        Safe to run concurrently and repeatedly; returns the file names applied now.
+        """
+        q = queries()
+        applied_now: list[str] = []
+        async with _translated(), self.pool.acquire() as conn:
+            await conn.execute(q["advisory_lock"], MIGRATION_LOCK)
+            try:
+                await conn.execute(q["create_schema_migrations"])
+                done = {r["version"] for r in await conn.fetch(q["applied_migrations"])}
+                for version, name, sql in migrations():
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(q["record_migration"], version, name)
+                    applied_now.append(name)
+            finally:
+                await conn.execute(q["advisory_unlock"], MIGRATION_LOCK)
+        return applied_now
+
+    # --- job locks and slots -----------------------------------------------------------
+
+    async def job_lock(self, job: str, *, shared: bool, wait: bool) -> JobLock | None:
+        """Take a job's lock on a dedicated pool connection; None if busy and not ``wait``."""
+        q = queries()
+        async with _translated():
+            conn = await self.pool.acquire()
+            try:
+                row = await conn.fetchrow(q["backend_identity"])
+                name = ("wait_job_lock" if wait else "try_job_lock") + (
+                    "_shared" if shared else "")
+                got = await conn.fetchval(q[name], lock_key(job))
+            except BaseException:
+                await self._release(conn)
+                raise
+        if wait or got:
+            return JobLock(conn, int(row["pid"]), row["backend_start"])
+        await self._release(conn)
+        return None
+
+    async def waiting_connection(self) -> JobLock:
+        """A connection whose identity a queued slot carries while it waits for the lock."""
+        async with _translated():
+            conn = await self.pool.acquire()
+            try:
+                row = await conn.fetchrow(queries()["backend_identity"])
+            except BaseException:
+                await self._release(conn)
+                raise
+        return JobLock(conn, int(row["pid"]), row["backend_start"])
+
+    async def wait_lock_on(self, lock: JobLock, job: str, *, shared: bool) -> None:
+        async with _translated():
+            await lock.connection.fetchval(
+                queries()["wait_job_lock_shared" if shared else "wait_job_lock"], lock_key(job))
+
+    async def release(self, lock: JobLock | None) -> None:
+        if lock is not None:
+            await self._release(lock.connection)
+
+    async def _release(self, conn: Any) -> None:
+        try:
+            await self.pool.release(conn)
+        except Exception:  # a dead connection is dropped by the pool; nothing to hand back
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    async def claim(self, claim: Claim, lock: JobLock | None, *,
+                    finished_at: datetime | None = None) -> bool:
+        """Insert the slot's row; False if the slot was claimed before (by anyone, ever)."""
+        job = await self.fetchval(
+            "claim_slot", claim.job, claim.scheduled_for, claim.kind, claim.trigger,
+            claim.trigger_id, claim.tick_at, claim.status, claim.runner_id,
+            lock.pid if lock else None, lock.backend_start if lock else None, claim.note,
+            finished_at)
+        return job is not None
+
+    async def start_attempt(self, job: str, scheduled_for: datetime, attempt: int,
+                            started_at: datetime, lock: JobLock, runner_id: str) -> bool:
+        """Mark the slot running for ``attempt``; False if it is no longer ours to run."""
+        row = await self.fetchval("start_attempt", job, scheduled_for, attempt, started_at,
+                                  lock.pid, lock.backend_start, runner_id)
+        return row is not None
+
+    async def finish(self, job: str, scheduled_for: datetime, runner_id: str, *, status: str,
+                     attempt: int, started_at: datetime | None, finished_at: datetime,
+                     duration_ms: int | None, processed: int, affected: int,
+                     before: Mapping[str, int], after: Mapping[str, int],
+                     error_class: str | None, error_message: str | None) -> bool:
+        row = await self.fetchval(
+            "finish_run", job, scheduled_for, status, attempt, started_at, finished_at,
+            duration_ms, processed, affected, orjson.dumps(dict(before)).decode(),
+            orjson.dumps(dict(after)).decode(), error_class, error_message, runner_id)
+        return row is not None
+
+    async def waiting_exists(self, job: str) -> bool:
+        return bool(await self.fetchval("waiting_exists", job))
+
+    async def sweep_abandoned(self, runner_id: str, now: datetime) -> list[dict[str, Any]]:
+        """Fail every claimed slot whose holder's session is gone (crashed runner)."""
+        return [dict(r) for r in await self.fetch("sweep_abandoned", runner_id, now)]
+
+    async def runs(self, job: str) -> list[dict[str, Any]]:
+        rows = [dict(r) for r in await self.fetch("job_runs", job)]
+        for row in rows:
+            for key in ("before", "after"):
+                if isinstance(row[key], str):
+                    row[key] = orjson.loads(row[key])
+        return rows
+
+    async def last_runs(self) -> dict[str, dict[str, Any]]:
+        return {r["job"]: dict(r) for r in await self.fetch("last_runs")}
+
+    # --- pause state -------------------------------------------------------------------
+
+    async def job_state(self, job: str) -> tuple[bool, str | None, datetime | None]:
+        row = await self.fetchrow("job_state", job)
+        if row is None:
+            return False, None, None
+        return bool(row["paused"]), row["reason"], row["resume_from"]
+
+    async def job_states(self) -> dict[str, dict[str, Any]]:
+        return {r["job"]: dict(r) for r in await self.fetch("job_states")}
+
+    async def pause(self, job: str, reason: str) -> None:
+        await self.execute("pause_job", job, reason)
+
+    async def resume(self, job: str, *, from_now: bool) -> datetime | None:
+        """Unpause; returns the first deferred slot still to catch up (None with from_now)."""
+        value = await self.fetchval("resume_job", job, from_now)
+        return value if isinstance(value, datetime) else None
+
+    async def defer(self, job: str, scheduled_for: datetime) -> None:
+        await self.execute("defer_slot", job, scheduled_for)
+
+    async def clear_resume_from(self, job: str) -> None:
+        await self.execute("clear_resume_from", job)
+
+    # --- DataStore (streams.jobs) --------------------------------------------------------
+
+    async def archive_counts(self, cutoff: datetime) -> dict[str, int]:
+        row = await self.fetchrow("archive_counts", cutoff)
+        return {k: int(v) for k, v in dict(row).items()}
+
+    async def archive_batch(self, cutoff: datetime, batch_size: int,
+                            archived_at: datetime) -> int:
+        return int(await self.fetchval("archive_batch", cutoff, batch_size, archived_at))
+
+    async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
+        row = await self.fetchrow("purge_counts", cutoffs["tasks_archive"],
+                                  cutoffs["job_runs"], cutoffs["dead_letters"])
+        return {k: int(v) for k, v in dict(row).items()}
+
+    async def purge_batch(self, target: str, cutoff: datetime, batch_size: int) -> int:
+        if target not in ("tasks_archive", "job_runs", "dead_letters"):
+            raise ValueError(f"unknown purge target {target!r}")
+        return int(await self.fetchval(f"purge_{target}", cutoff, batch_size))

@@ -1,0 +1,177 @@
+-- Every SQL statement cronorch runs, by name. $n parameters only; loaded by streams.postgres.
+-- Migrations live in streams/migrations/NNN_*.sql.
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+
+-- name: advisory_lock
+SELECT pg_advisory_lock($1);
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: try_job_lock
+SELECT pg_try_advisory_lock($1);
+
+-- name: try_job_lock_shared
+SELECT pg_try_advisory_lock_shared($1);
+
+-- name: wait_job_lock
+SELECT pg_advisory_lock($1);
+
+-- name: wait_job_lock_shared
+SELECT pg_advisory_lock_shared($1);
+
+-- name: backend_identity
+SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
+
+-- name: claim_slot
+INSERT INTO job_runs (job, scheduled_for, kind, trigger, trigger_id, tick_at, status, runner_id,
+                      backend_pid, backend_start, error_message, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (job, scheduled_for) DO NOTHING
+RETURNING job;
+
+-- name: start_attempt
+UPDATE job_runs
+   SET status = 'running', attempt = $3, started_at = COALESCE(started_at, $4),
+       backend_pid = $5, backend_start = $6
+ WHERE job = $1 AND scheduled_for = $2 AND runner_id = $7 AND status IN ('queued', 'running')
+RETURNING job;
+
+-- name: finish_run
+UPDATE job_runs
+   SET status = $3, attempt = $4, started_at = COALESCE(started_at, $5), finished_at = $6,
+       duration_ms = $7, processed = $8, affected = $9, before = $10, after = $11,
+       error_class = $12, error_message = $13
+ WHERE job = $1 AND scheduled_for = $2 AND runner_id = $14 AND status IN ('queued', 'running')
+RETURNING job;
+
+-- name: waiting_exists
+SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = $1 AND status = 'queued');
+
+-- name: running_exists
+SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = $1 AND status = 'running');
+
+-- name: sweep_abandoned
+UPDATE job_runs r
+   SET status = 'failed', finished_at = $2, error_class = 'Abandoned',
+       error_message = 'the runner that claimed this slot went away before finishing it'
+ WHERE r.status IN ('queued', 'running') AND r.runner_id <> $1
+   AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                    WHERE a.pid = r.backend_pid AND a.backend_start = r.backend_start)
+RETURNING r.job, r.scheduled_for, r.kind, r.trigger, r.attempt;
+
+-- name: job_state
+SELECT paused, reason, resume_from FROM job_state WHERE job = $1;
+
+-- name: job_states
+SELECT job, paused, reason, resume_from FROM job_state ORDER BY job;
+
+-- name: pause_job
+INSERT INTO job_state (job, paused, reason) VALUES ($1, true, $2)
+ON CONFLICT (job) DO UPDATE SET paused = true, reason = EXCLUDED.reason, changed_at = now();
+
+-- name: resume_job
+INSERT INTO job_state (job, paused) VALUES ($1, false)
+ON CONFLICT (job) DO UPDATE
+   SET paused = false, reason = NULL, changed_at = now(),
+       resume_from = CASE WHEN $2 THEN NULL ELSE job_state.resume_from END
+RETURNING resume_from;
+
+-- name: defer_slot
+UPDATE job_state SET resume_from = LEAST(COALESCE(resume_from, $2), $2)
+ WHERE job = $1 AND paused;
+
+-- name: clear_resume_from
+UPDATE job_state SET resume_from = NULL WHERE job = $1 AND NOT paused;
+
+-- name: job_runs
+SELECT job, scheduled_for, kind, trigger, trigger_id, tick_at, attempt, status, started_at,
+       finished_at, duration_ms, processed, affected, before, after, error_class, error_message,
+       runner_id
+  FROM job_runs WHERE job = $1 ORDER BY scheduled_for;
+
+-- name: last_runs
+SELECT DISTINCT ON (job) job, scheduled_for, trigger, status, attempt, finished_at
+  FROM job_runs ORDER BY job, scheduled_for DESC;
+
+-- name: archive_counts
+SELECT (SELECT count(*) FROM tasks) AS tasks,
+       (SELECT count(*) FROM tasks WHERE status = 'completed' AND completed_at < $1) AS eligible,
+       (SELECT count(*) FROM tasks_archive) AS tasks_archive;
+
+-- name: archive_batch
+WITH picked AS (
+    SELECT task_id FROM tasks
+     WHERE status = 'completed' AND completed_at < $1
+     ORDER BY completed_at, task_id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), moved AS (
+    DELETE FROM tasks t USING picked p WHERE t.task_id = p.task_id
+    RETURNING t.*
+), archived AS (
+    INSERT INTO tasks_archive (task_id, user_id, version, title, status, completed_at, due_at,
+                               due_date, reminders, recurrence, series_id, occurrence_key,
+                               created_at, updated_at, archived_at)
+    SELECT task_id, user_id, version, title, status, completed_at, due_at, due_date, reminders,
+           recurrence, series_id, occurrence_key, created_at, updated_at, $3
+      FROM moved
+    ON CONFLICT (task_id) DO UPDATE
+       SET user_id = EXCLUDED.user_id, version = EXCLUDED.version, title = EXCLUDED.title,
+           status = EXCLUDED.status, completed_at = EXCLUDED.completed_at,
+           due_at = EXCLUDED.due_at, due_date = EXCLUDED.due_date,
+           reminders = EXCLUDED.reminders, recurrence = EXCLUDED.recurrence,
+           series_id = EXCLUDED.series_id, occurrence_key = EXCLUDED.occurrence_key,
+           created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+           archived_at = EXCLUDED.archived_at
+    RETURNING 1
+)
+SELECT count(*) FROM archived;
+
+-- name: purge_counts
+SELECT (SELECT count(*) FROM tasks_archive) AS tasks_archive,
+       (SELECT count(*) FROM tasks_archive WHERE archived_at < $1) AS tasks_archive_expired,
+       (SELECT count(*) FROM job_runs) AS job_runs,
+       (SELECT count(*) FROM job_runs
+         WHERE finished_at < $2 AND status NOT IN ('queued', 'running')) AS job_runs_expired,
+       (SELECT count(*) FROM dead_letters) AS dead_letters,
+       (SELECT count(*) FROM dead_letters WHERE failed_at < $3) AS dead_letters_expired;
+
+-- name: purge_tasks_archive
+WITH gone AS (
+    DELETE FROM tasks_archive
+     WHERE task_id IN (SELECT task_id FROM tasks_archive WHERE archived_at < $1 LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: purge_job_runs
+WITH gone AS (
+    DELETE FROM job_runs
+     WHERE (job, scheduled_for) IN (
+           SELECT job, scheduled_for FROM job_runs
+            WHERE finished_at < $1 AND status NOT IN ('queued', 'running') LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: purge_dead_letters
+WITH gone AS (
+    DELETE FROM dead_letters
+     WHERE dead_letter_id IN (SELECT dead_letter_id FROM dead_letters
+                               WHERE failed_at < $1 LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*) FROM gone;

@@ -1,0 +1,67 @@
+"""Two copy apps for the exactly-once comparison: source topic → sink topic, nothing else.
+
+``python -m tests.acceptance.eos_apps faust`` runs faust-streaming with its own
+``processing_guarantee="exactly_once"``; ``… cronorch`` runs the same copy on this project's
+engine. The sink is a topic the app never consumes, as todo.notifications is for the worker.
+Environment: SRC, SINK, APP_ID, KAFKA_BOOTSTRAP_SERVERS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Iterable
+
+from streams import logs
+from streams.engine import Processor
+from streams.kafka import Output, Record
+from streams.settings import Settings
+
+
+def run_faust() -> None:
+    import faust
+
+    app = faust.App(
+        os.environ["APP_ID"], broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
+        store="memory://", processing_guarantee="exactly_once", web_enabled=False,
+        broker_commit_every=50, broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+    )
+    source = app.topic(os.environ["SRC"], value_serializer="raw", key_serializer="raw")
+    sink = app.topic(os.environ["SINK"], value_serializer="raw", key_serializer="raw")
+
+    @app.agent(source)
+    async def copy(stream):  # type: ignore[no-untyped-def]
+        async for value in stream:
+            await sink.send(value=value)
+
+    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    app.main()
+
+
+class Copy:
+    changelog_topic = None
+
+    def assign(self, partition: int, changelog: Iterable[Record]) -> None:
+        pass
+
+    def revoke(self, partition: int) -> None:
+        pass
+
+    def process(self, partition: int, records: list[Record]) -> list[Output]:
+        return [Output(os.environ["SINK"], r.key, r.value) for r in records]
+
+
+def run_cronorch() -> None:
+    settings = Settings.from_env().model_copy(update={"app_id": os.environ["APP_ID"]})
+
+    async def main() -> None:
+        logs.configure("INFO")
+        await Processor(settings, "copy", os.environ["SRC"], Copy()).run(asyncio.Event())
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    {"faust": run_faust, "cronorch": run_cronorch}[sys.argv[1]]()

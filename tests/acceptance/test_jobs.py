@@ -1,0 +1,259 @@
+"""Maintenance jobs end to end: real Kafka and PostgreSQL, ``cronorch job-runner`` and
+``cronorch jobs …`` as subprocesses, ticks published for a historical window."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
+
+from streams import tickproducer
+from streams.settings import Settings
+from tests.integration.conftest import database, pg_stack  # noqa: F401 - fixtures
+from tests.support import ROOT, Proc, caught_up, env_for, eventually, read_json
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def _registry(tmp_path: Path, *jobs: dict[str, Any]) -> Path:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump({"jobs": [
+        {"kind": "noop", "schedule": "* * * * *", "catchup_window_s": 3600, **job}
+        for job in jobs]}))
+    return path
+
+
+def _with_db(settings: Settings, url: str) -> Settings:
+    return settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+async def _rows(url: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch(
+            "SELECT job, scheduled_for, trigger, status, attempt, started_at, finished_at "
+            "FROM job_runs ORDER BY job, scheduled_for")]
+    finally:
+        await conn.close()
+
+
+def _minutes(rows: list[dict[str, Any]], job: str, status: str | None = None) -> list[int]:
+    return [int((r["scheduled_for"] - T0) / MINUTE) for r in rows
+            if r["job"] == job and (status is None or r["status"] == status)]
+
+
+async def _wait_rows(url: str, count: int, timeout_s: float = 90) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    async def check() -> bool:
+        nonlocal rows
+        rows = await _rows(url)
+        return len(rows) >= count and all(r["status"] not in ("running", "queued")
+                                          for r in rows)
+
+    await eventually(check, timeout_s, f"{count} finished job_runs rows")
+    return rows
+
+
+async def _ticks(settings: Settings, first: int, last: int) -> None:
+    await tickproducer.publish_range(settings, T0 + first * MINUTE, T0 + last * MINUTE, 60)
+
+
+def _cli(settings: Settings, *args: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
+                          env=env_for(settings), capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result: dict[str, Any] = orjson.loads(proc.stdout)
+    return result
+
+
+def _stop(runner: Proc, log: Path) -> None:
+    assert runner.kill(signal.SIGTERM) == 0, log.read_text()[-3000:]
+
+
+def test_two_runners_duplicated_triggers_each_slot_once(
+        settings: Settings, database: str, tmp_path: Path) -> None:  # noqa: F811
+    s = _with_db(settings, database)
+    path = _registry(tmp_path, {"name": "alpha", "overlap": "allow", "coalesce": "all"},
+                     {"name": "beta", "overlap": "allow", "coalesce": "all"})
+    logs = [tmp_path / "runner-a.log", tmp_path / "runner-b.log"]
+    runners = [Proc(s, "job-runner", "--registry", str(path), log=log).start() for log in logs]
+    expected = {(job, T0 + m * MINUTE) for job in ("alpha", "beta") for m in range(30)}
+
+    async def drive() -> list[dict[str, Any]]:
+        await _ticks(s, 0, 14)
+        await _wait_rows(database, 30)
+        # Duplicate every trigger so far, then kill one runner without warning.
+        triggers = await kafka_records(s, s.topics.job_triggers)
+        await republish(s, s.topics.job_triggers, triggers * 2)
+        runners[0].kill(signal.SIGKILL)
+        await _ticks(s, 15, 29)
+        rows = await _wait_rows(database, 60, timeout_s=120)
+        await caught_up(s, "jobrunner", s.topics.job_triggers, transactional=True,
+                        timeout_s=120)
+        return rows
+
+    try:
+        rows = asyncio.run(drive())
+        rows = asyncio.run(_rows(database))
+    finally:
+        for runner in runners:
+            runner.kill(signal.SIGTERM)
+    assert {(r["job"], r["scheduled_for"]) for r in rows} == expected
+    assert len(rows) == 60  # UNIQUE(job, scheduled_for): one row per slot
+    statuses = Counter(r["status"] for r in rows)
+    # A slot in flight when its runner is SIGKILLed is failed as abandoned, never re-run.
+    assert statuses["succeeded"] >= 59 and statuses["succeeded"] + statuses["failed"] == 60
+    records = asyncio.run(read_json(s, s.topics.job_runs))
+    executions = Counter((r["job"], r["scheduled_for"]) for r in records
+                         if r["status"] == "succeeded")
+    assert sum(executions.values()) == statuses["succeeded"]
+    assert set(executions.values()) == {1}
+    log_lines = [orjson.loads(line) for log in logs for line in log.read_text().splitlines()
+                 if line.startswith("{")]
+    runs_logged = Counter((d["job"], d["scheduled_for"]) for d in log_lines
+                          if d.get("event") == "job run" and d.get("status") == "succeeded")
+    assert set(runs_logged.values()) == {1} and len(runs_logged) == statuses["succeeded"]
+    assert any(d.get("event") == "slot claimed before: trigger ignored" for d in log_lines)
+
+
+async def kafka_records(settings: Settings, topic: str) -> list[bytes]:
+    from streams import kafka
+
+    return [r.value for r in await kafka.read_all(settings, [topic]) if r.value is not None]
+
+
+async def republish(settings: Settings, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send(topic, value=value, key=orjson.loads(value)["job"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def test_overlap_skip_buffer_one_allow(settings: Settings, database: str,  # noqa: F811
+                                       tmp_path: Path) -> None:
+    s = _with_db(settings, database)
+    slow = {"coalesce": "all", "params": {"sleep_s": 3}}
+    path = _registry(tmp_path, {"name": "skipper", "overlap": "skip", **slow},
+                     {"name": "buffered", "overlap": "buffer_one", **slow},
+                     {"name": "allowed", "overlap": "allow", **slow})
+    log = tmp_path / "runner.log"
+    runner = Proc(s, "job-runner", "--registry", str(path), log=log).start()
+    try:
+        asyncio.run(_ticks(s, 0, 3))  # four slots per job, all due while the first runs
+        rows = asyncio.run(_wait_rows(database, 12))
+    finally:
+        _stop(runner, log)
+    assert _minutes(rows, "skipper", "succeeded") == [0]
+    assert _minutes(rows, "skipper", "skipped") == [1, 2, 3]
+    assert _minutes(rows, "buffered", "succeeded") == [0, 1]
+    assert _minutes(rows, "buffered", "skipped") == [2, 3]
+    first, second = [r for r in rows if r["job"] == "buffered" and r["status"] == "succeeded"]
+    assert second["started_at"] >= first["finished_at"]  # the buffered one waited
+    allowed = [r for r in rows if r["job"] == "allowed"]
+    assert _minutes(rows, "allowed", "succeeded") == [0, 1, 2, 3]
+    assert max(r["started_at"] for r in allowed) < min(r["finished_at"] for r in allowed)
+
+
+def test_catch_up_window_and_coalesce(settings: Settings, database: str,  # noqa: F811
+                                      tmp_path: Path) -> None:
+    s = _with_db(settings, database)
+    window = {"catchup_window_s": 600, "overlap": "allow"}
+    path = _registry(tmp_path, {"name": "latest", "coalesce": "latest", **window},
+                     {"name": "earliest", "coalesce": "earliest", **window},
+                     {"name": "every", "coalesce": "all", **window})
+    log = tmp_path / "runner.log"
+    runner = Proc(s, "job-runner", "--registry", str(path), log=log).start()
+    try:
+        asyncio.run(_ticks(s, 0, 0))
+        asyncio.run(_wait_rows(database, 3))
+        asyncio.run(_ticks(s, 30, 30))  # the tick producer was away for 30 minutes
+        rows = asyncio.run(_wait_rows(database, 3 + 1 + 1 + 11))
+        records = asyncio.run(read_json(s, s.topics.job_runs))
+    finally:
+        _stop(runner, log)
+    assert _minutes(rows, "latest") == [0, 30]
+    assert _minutes(rows, "earliest") == [0, 20]
+    assert _minutes(rows, "every") == [0, *range(20, 31)]
+    assert {r["status"] for r in rows} == {"succeeded"}
+    for job in ("latest", "earliest", "every"):
+        missed = sorted(int((_instant(r["scheduled_for"]) - T0) / MINUTE) for r in records
+                        if r["job"] == job and r["status"] == "missed")
+        assert missed == list(range(1, 20))
+    coalesced = Counter(r["job"] for r in records if r["status"] == "skipped")
+    assert coalesced == {"latest": 10, "earliest": 10}
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_pause_resume_catch_up_and_from_now(settings: Settings, database: str,  # noqa: F811
+                                            tmp_path: Path) -> None:
+    s = _with_db(settings, database)
+    path = _registry(tmp_path, {"name": "sweeper", "overlap": "allow", "coalesce": "all"})
+    log = tmp_path / "runner.log"
+    runner = Proc(s, "job-runner", "--registry", str(path), log=log).start()
+    reg = ("--registry", str(path))
+
+    async def settle() -> None:
+        await caught_up(s, "jobrunner", s.topics.job_triggers, transactional=True)
+
+    try:
+        asyncio.run(_ticks(s, 0, 2))
+        asyncio.run(_wait_rows(database, 3))
+        assert _cli(s, "jobs", "pause", "sweeper", "--reason", "db upgrade", *reg)["paused"]
+        asyncio.run(_ticks(s, 3, 5))
+        asyncio.run(settle())
+        assert len(asyncio.run(_rows(database))) == 3  # deferred, not run, not claimed
+        listed = _cli(s, "jobs", "list", *reg)["jobs"][0]
+        assert listed["paused"] and listed["pause_reason"] == "db upgrade"
+        resumed = _cli(s, "jobs", "resume", "sweeper", *reg)
+        assert resumed["catch_up_from"] == "2026-03-02T12:03:00Z"
+        asyncio.run(_ticks(s, 6, 6))
+        rows = asyncio.run(_wait_rows(database, 7))
+        assert _minutes(rows, "sweeper", "succeeded") == [0, 1, 2, 3, 4, 5, 6]  # caught up
+
+        _cli(s, "jobs", "pause", "sweeper", "--reason", "again", *reg)
+        asyncio.run(_ticks(s, 7, 9))
+        asyncio.run(settle())
+        assert _cli(s, "jobs", "resume", "sweeper", "--from-now", *reg)["catch_up_from"] is None
+        asyncio.run(_ticks(s, 10, 10))
+        rows = asyncio.run(_wait_rows(database, 8))
+    finally:
+        _stop(runner, log)
+    assert _minutes(rows, "sweeper") == [0, 1, 2, 3, 4, 5, 6, 10]  # 7-9 dropped (from now)
+    assert {r["status"] for r in rows} == {"succeeded"}
+
+
+def test_manual_run_is_recorded_as_manual(settings: Settings, database: str,  # noqa: F811
+                                          tmp_path: Path) -> None:
+    s = _with_db(settings, database)
+    path = _registry(tmp_path, {"name": "adhoc"})
+    run = _cli(s, "jobs", "run", "adhoc", "--registry", str(path))
+    assert run["trigger"] == "manual" and run["status"] == "succeeded" and run["attempt"] == 1
+    rows = asyncio.run(_rows(database))
+    assert [(r["job"], r["trigger"], r["status"]) for r in rows] == [
+        ("adhoc", "manual", "succeeded")]
+    records = asyncio.run(read_json(s, s.topics.job_runs))
+    assert [(r["job"], r["trigger"], r["status"]) for r in records] == [
+        ("adhoc", "manual", "succeeded")]

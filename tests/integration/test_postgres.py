@@ -1,0 +1,303 @@
+"""The PostgreSQL adapter and the runner against a real server: migrations, the DataStore
+contract (twin and real), archiving 100k tasks, once-per-slot claims, and a 30 s outage."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from schemas import JobRun
+from streams import devstack, jobs, registry
+from streams.errors import DatabaseError, DatabaseUnavailable
+from streams.jobrunner import Runner
+from streams.postgres import Database, translate
+
+pytestmark = pytest.mark.postgres
+NOW = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+
+
+def _job(kind: str = "archive_completed", **overrides: Any) -> registry.Job:
+    raw = {"name": "archive", "kind": kind,
+           "schedule": "0 * * * *" if kind != "noop" else "* * * * *", **overrides}
+    return registry.parse({"jobs": [raw]}).jobs[0]
+
+
+async def _seed(url: str, completed_old: int, completed_recent: int = 0, open_: int = 0) -> None:
+    """Set-based fixture data: old completed, recently completed and open tasks."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("""
+            INSERT INTO tasks (task_id, user_id, title, status, completed_at, due_at)
+            SELECT 'old-' || g, 'u' || (g % 997), 'title ' || g, 'completed',
+                   $1::timestamptz - (g % 300 + 31) * interval '1 day' - g * interval '1 second',
+                   NULL
+              FROM generate_series(1, $2::int) g""", NOW, completed_old)
+        await conn.execute("""
+            INSERT INTO tasks (task_id, user_id, title, status, completed_at)
+            SELECT 'recent-' || g, 'u' || g, 't', 'completed', $1::timestamptz - interval '2 days'
+              FROM generate_series(1, $2::int) g""", NOW, completed_recent)
+        await conn.execute("""
+            INSERT INTO tasks (task_id, user_id, title, status)
+            SELECT 'open-' || g, 'u' || g, 't', 'open' FROM generate_series(1, $1::int) g""",
+                           open_)
+    finally:
+        await conn.close()
+
+
+async def _ids(url: str) -> tuple[set[str], set[str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        tasks = {r[0] for r in await conn.fetch("SELECT task_id FROM tasks")}
+        archive = {r[0] for r in await conn.fetch("SELECT task_id FROM tasks_archive")}
+        dupes = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT task_id FROM tasks_archive GROUP BY task_id "
+            "HAVING count(*) > 1) d")
+        assert dupes == 0
+        return tasks, archive
+    finally:
+        await conn.close()
+
+
+def _runner(reg: registry.Registry, db: Database, emitted: list[JobRun], *,
+            seed: int = 1, runner_id: str | None = None) -> Runner:
+    async def emit(run: JobRun) -> None:
+        emitted.append(run)
+
+    return Runner(reg, db, clock=lambda: datetime.now(UTC), rng=random.Random(seed), emit=emit,
+                  runner_id=runner_id)
+
+
+def test_migrate_twice_is_a_no_op(database: str) -> None:
+    async def go() -> tuple[list[str], list[str], int]:
+        db = await Database.connect(database)
+        try:
+            again = await db.migrate()
+            concurrently = await asyncio.gather(db.migrate(), db.migrate())
+            count = int(await db.pool.fetchval("SELECT count(*) FROM schema_migrations"))
+            return again, [n for names in concurrently for n in names], count
+        finally:
+            await db.close()
+
+    again, concurrently, count = asyncio.run(go())
+    assert again == [] and concurrently == []
+    assert count == 2
+
+
+def test_errors_are_translated() -> None:
+    assert isinstance(translate(ConnectionRefusedError("refused")), DatabaseUnavailable)
+    serialization = asyncpg.exceptions.SerializationError("could not serialize")
+    assert translate(serialization).retriable
+    assert isinstance(translate(asyncpg.exceptions.DeadlockDetectedError("deadlock")),
+                      DatabaseUnavailable)
+    unique = translate(asyncpg.exceptions.UniqueViolationError("dup"))
+    assert isinstance(unique, DatabaseError) and not unique.retriable
+
+
+def test_unreachable_database_is_retriable() -> None:
+    async def go() -> None:
+        await Database.connect("postgresql://cronorch@127.0.0.1:1/none", timeout_s=2)
+
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(go())
+
+
+# --- the DataStore contract, run against the twin and the real database ----------------------
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def store_factory(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    if request.param == "memory":
+        @asynccontextmanager
+        async def memory() -> AsyncIterator[jobs.DataStore]:
+            store = jobs.MemoryDataStore()
+            for i in range(1, 51):
+                store.tasks[f"old-{i}"] = {"status": "completed",
+                                           "completed_at": NOW - timedelta(days=31 + i)}
+            store.tasks["recent-1"] = {"status": "completed",
+                                       "completed_at": NOW - timedelta(days=2)}
+            store.tasks["open-1"] = {"status": "open", "completed_at": None}
+            yield store
+        return memory
+    url = request.getfixturevalue("database")
+
+    @asynccontextmanager
+    async def real() -> AsyncIterator[jobs.DataStore]:
+        await _seed(url, 50, 1, 1)
+        db = await Database.connect(url)
+        try:
+            yield db
+        finally:
+            await db.close()
+    return real
+
+
+def test_datastore_contract_archive(store_factory: Callable[[], Any]) -> None:
+    async def go() -> tuple[jobs.Outcome, jobs.Outcome]:
+        async with store_factory() as store:
+            first = await jobs.archive_completed(store, NOW, 30, 20)
+            second = await jobs.archive_completed(store, NOW, 30, 20)
+            return first, second
+
+    first, second = asyncio.run(go())
+    assert (first.affected, first.batches) == (50, 3)
+    assert first.before == {"tasks": 52, "eligible": 50, "tasks_archive": 0}
+    assert first.after == {"tasks": 2, "eligible": 0, "tasks_archive": 50}
+    assert second.affected == 0 and second.after == first.after
+
+
+# --- archive at volume ------------------------------------------------------------------------
+
+
+def test_archive_100k_completed_tasks(database: str) -> None:
+    asyncio.run(_seed(database, 100_000, completed_recent=2_000, open_=3_000))
+    before_tasks, _ = asyncio.run(_ids(database))
+    job = _job(params={"batch_size": 2000}, timeout_s=600)
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+
+    async def go() -> tuple[JobRun | None, float, JobRun | None]:
+        db = await Database.connect(database)
+        try:
+            runner = _runner(reg, db, emitted)
+            started = time.monotonic()
+            task = await runner.dispatch(job, NOW, "schedule", jobs.trigger_id(job.name, NOW),
+                                         NOW)
+            assert task is not None
+            run = await task
+            elapsed = time.monotonic() - started
+            # Re-run on a later slot: nothing left to move.
+            later = NOW + timedelta(hours=1)
+            task2 = await runner.dispatch(job, later, "schedule",
+                                          jobs.trigger_id(job.name, later), later)
+            assert task2 is not None
+            return run, elapsed, await task2
+        finally:
+            await db.close()
+
+    run, elapsed, rerun = asyncio.run(go())
+    assert run is not None and run.status == "succeeded"
+    assert run.affected == 100_000
+    assert run.before == {"tasks": 105_000, "eligible": 100_000, "tasks_archive": 0}
+    assert run.after == {"tasks": 5_000, "eligible": 0, "tasks_archive": 100_000}
+    tasks, archive = asyncio.run(_ids(database))
+    assert tasks.isdisjoint(archive) and tasks | archive == before_tasks
+    assert archive == {f"old-{i}" for i in range(1, 100_001)}
+    assert rerun is not None and rerun.status == "succeeded" and rerun.affected == 0
+    assert asyncio.run(_ids(database)) == (tasks, archive)
+    print(f"\narchived 100000 rows in {elapsed:.2f} s = {100_000 / elapsed:,.0f} rows/s")
+
+
+# --- once per slot ---------------------------------------------------------------------------
+
+
+def test_concurrent_claims_of_one_slot_run_it_once(database: str) -> None:
+    job = _job("noop", params={"sleep_s": 0.2}, overlap="allow")
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+
+    async def go() -> list[dict[str, Any]]:
+        dbs = [await Database.connect(database, max_size=3) for _ in range(8)]
+        try:
+            runners = [_runner(reg, db, emitted, seed=i) for i, db in enumerate(dbs)]
+            tasks = await asyncio.gather(*(r.dispatch(job, NOW, "schedule", "x", NOW)
+                                           for r in runners for _ in range(2)))
+            started = [t for t in tasks if t is not None]
+            assert len(started) == 1
+            await started[0]
+            return await dbs[0].runs(job.name)
+        finally:
+            for db in dbs:
+                await db.close()
+
+    rows = asyncio.run(go())
+    assert [(r["scheduled_for"], r["status"], r["attempt"]) for r in rows] == [
+        (NOW, "succeeded", 1)]
+    assert [r.status for r in emitted] == ["succeeded"]
+
+
+def test_abandoned_slot_is_failed_not_rerun(database: str) -> None:
+    job = _job("noop")
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+
+    async def go() -> list[dict[str, Any]]:
+        dead = await Database.connect(database)
+        dying = _runner(reg, dead, emitted, runner_id="dying")
+        lock = await dead.job_lock(job.name, shared=False, wait=False)
+        from streams.postgres import Claim
+        assert await dead.claim(Claim(job.name, NOW, job.kind, "schedule", "x", NOW, "running",
+                                      dying.runner_id), lock)
+        dead.pool.terminate()  # the process dies: its sessions and their locks go away
+        db = await Database.connect(database)
+        try:
+            other = _runner(reg, db, emitted, runner_id="other")
+            assert await other.sweep() == 1
+            assert await other.dispatch(job, NOW, "schedule", "x", NOW) is None
+            return await db.runs(job.name)
+        finally:
+            await db.close()
+
+    rows = asyncio.run(go())
+    assert [(r["status"], r["error_class"]) for r in rows] == [("failed", "Abandoned")]
+
+
+# --- PostgreSQL stopped for 30 s in the middle of archiving -----------------------------------
+
+
+def test_postgres_stopped_30s_mid_archive(database: str, pg_stack: devstack.Stack) -> None:
+    total = 100_000
+    asyncio.run(_seed(database, total, open_=500))
+    before_tasks, _ = asyncio.run(_ids(database))
+    job = _job(params={"batch_size": 100}, timeout_s=900,
+               retries={"max_attempts": 20, "base_delay_s": 1, "max_delay_s": 8})
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+    marks: dict[str, float] = {}
+
+    async def go() -> JobRun | None:
+        db = await Database.connect(database)
+        try:
+            runner = _runner(reg, db, emitted, seed=3)
+            task = await runner.dispatch(job, NOW, "schedule", jobs.trigger_id(job.name, NOW),
+                                         NOW)
+            assert task is not None
+            probe = await asyncpg.connect(database)
+            while await probe.fetchval("SELECT count(*) FROM tasks_archive") < 5_000:
+                await asyncio.sleep(0.05)
+            await probe.close()
+            marks["stop"] = time.monotonic()
+            await asyncio.to_thread(devstack.stop_postgres, pg_stack)
+            assert not task.done(), "the archive finished before PostgreSQL stopped"
+            await asyncio.sleep(30)
+            await asyncio.to_thread(devstack.start_postgres, pg_stack)
+            marks["start"] = time.monotonic()
+            run = await asyncio.wait_for(task, 300)
+            marks["done"] = time.monotonic()
+            return run
+        finally:
+            await db.close()
+
+    try:
+        run = asyncio.run(go())
+    finally:
+        devstack.start_postgres(pg_stack)
+    assert run is not None and run.status == "succeeded" and run.attempt > 1
+    failed = [r for r in emitted if r.status == "failed"]
+    assert failed and all(r.error_class == "DatabaseUnavailable" for r in failed)
+    assert len(failed) == run.attempt - 1
+    # Backoff: the failed attempts are spread over the outage, not a hot loop.
+    assert len(failed) < 20
+    tasks, archive = asyncio.run(_ids(database))
+    assert len(archive) == total and tasks.isdisjoint(archive)
+    assert tasks | archive == before_tasks  # nothing lost, nothing doubled: no partial batch
+    assert run.after == {"tasks": 500, "eligible": 0, "tasks_archive": total}
+    print(f"\noutage handled: {run.attempt} attempts, finished "
+          f"{marks['done'] - marks['start']:.1f} s after PostgreSQL came back")

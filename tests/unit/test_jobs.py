@@ -1,0 +1,160 @@
+"""Pure job decisions (due slots, catch-up, coalesce, overlap, backoff) and the built-in kinds
+against the in-memory DataStore twin. No sockets, no clock."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams import jobs, registry
+from streams.jobs import Disposition, MemoryDataStore, OverlapAction
+from streams.registry import Overlap, Retries
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def _job(**overrides: Any) -> registry.Job:
+    raw = {"name": "j", "kind": "noop", "schedule": "* * * * *", "catchup_window_s": 600,
+           **overrides}
+    return registry.parse({"jobs": [raw]}).jobs[0]
+
+
+def _disp(due: jobs.DueSlots) -> list[tuple[int, str]]:
+    return [(int((s.scheduled_for - T0).total_seconds() // 60), s.disposition.value)
+            for s in due.slots]
+
+
+def test_on_time_tick_runs_exactly_the_slot_at_the_tick() -> None:
+    due = jobs.slots_due(_job(), T0 - timedelta(seconds=1), T0)
+    assert _disp(due) == [(0, "run")]
+    assert jobs.slots_due(_job(), T0, T0 + timedelta(seconds=59)).slots == ()
+
+
+@pytest.mark.parametrize(("coalesce", "runs"), [
+    ("latest", [30]), ("earliest", [20]), ("all", list(range(20, 31)))])
+def test_gap_catch_up_window_and_coalesce(coalesce: str, runs: list[int]) -> None:
+    due = jobs.slots_due(_job(coalesce=coalesce), T0, T0 + timedelta(minutes=30))
+    got = _disp(due)
+    assert [m for m, d in got if d == "run"] == runs
+    # Older than the 600 s window at tick 00:30: 00:01..00:19 are missed.
+    assert [m for m, d in got if d == "missed"] == list(range(1, 20))
+    assert [m for m, d in got if d == "coalesced"] == [m for m in range(20, 31) if m not in runs]
+    assert all(s.late_s == (30 - m) * 60 for (m, _), s in zip(got, due.slots, strict=True))
+
+
+def test_zero_window_runs_only_an_exactly_due_slot() -> None:
+    due = jobs.slots_due(_job(catchup_window_s=0), T0, T0 + timedelta(minutes=5, seconds=1))
+    assert all(s.disposition is Disposition.MISSED for s in due.slots)
+    due = jobs.slots_due(_job(catchup_window_s=0), T0, T0 + timedelta(minutes=5))
+    assert _disp(due)[-1] == (5, "run")
+
+
+def test_long_gap_is_bounded() -> None:
+    due = jobs.slots_due(_job(), T0, T0 + timedelta(days=2))
+    assert len(due.slots) == jobs.MAX_SLOTS
+    assert due.uncounted_missed == 2 * 1440 - jobs.MAX_SLOTS
+    assert due.to_run == [T0 + timedelta(days=2)]
+
+
+def test_slots_follow_the_zone_and_dst_policy() -> None:
+    # 02:30 Europe/Berlin does not exist on 2026-03-29: shift_forward → 03:30 CEST (01:30Z).
+    job = _job(schedule="30 2 * * *", timezone="Europe/Berlin", catchup_window_s=0)
+    day = datetime(2026, 3, 29, tzinfo=UTC)
+    due = jobs.slots_due(job, day, day + timedelta(days=1))
+    assert [s.scheduled_for for s in due.slots] == [datetime(2026, 3, 29, 1, 30, tzinfo=UTC)]
+    skip = _job(schedule="30 2 * * *", timezone="Europe/Berlin",
+                dst_policy={"nonexistent": "skip"})
+    assert jobs.slots_due(skip, day, day + timedelta(days=1)).slots == ()
+
+
+@pytest.mark.parametrize(("policy", "running", "waiting", "action"), [
+    (Overlap.SKIP, False, False, OverlapAction.RUN),
+    (Overlap.SKIP, True, False, OverlapAction.SKIP),
+    (Overlap.BUFFER_ONE, False, False, OverlapAction.RUN),
+    (Overlap.BUFFER_ONE, True, False, OverlapAction.WAIT),
+    (Overlap.BUFFER_ONE, True, True, OverlapAction.SKIP),
+    (Overlap.ALLOW, True, True, OverlapAction.RUN),
+])
+def test_overlap_action(policy: Overlap, running: bool, waiting: bool,
+                        action: OverlapAction) -> None:
+    assert jobs.overlap_action(policy, running=running, waiting=waiting) is action
+
+
+@given(attempt=st.integers(1, 19), base=st.floats(0.001, 10), extra=st.floats(0, 100),
+       seed=st.integers(0, 2**32))
+def test_backoff_full_jitter_bounds(attempt: int, base: float, extra: float, seed: int) -> None:
+    retries = Retries(max_attempts=20, base_delay_s=base, max_delay_s=base + extra)
+    decision = jobs.retry_decision(retries, attempt, retriable=True, rng=random.Random(seed))
+    cap = min(base + extra, base * 2 ** (attempt - 1))
+    assert decision.retry and 0 <= decision.delay_s <= cap
+    assert jobs.backoff_cap_s(retries, attempt) == pytest.approx(cap)
+
+
+def test_backoff_grows_then_caps_and_spreads() -> None:
+    retries = Retries(max_attempts=10, base_delay_s=1, max_delay_s=8)
+    assert [jobs.backoff_cap_s(retries, a) for a in range(1, 7)] == [1, 2, 4, 8, 8, 8]
+    rng = random.Random(7)
+    delays = [jobs.retry_decision(retries, 5, retriable=True, rng=rng).delay_s
+              for _ in range(2000)]
+    assert 0 <= min(delays) < 0.1 and 7.9 < max(delays) <= 8  # full jitter covers [0, cap]
+    assert 3.6 < sum(delays) / len(delays) < 4.4
+
+
+def test_no_retry_for_permanent_errors_or_when_exhausted() -> None:
+    retries = Retries(max_attempts=3)
+    rng = random.Random(1)
+    assert not jobs.retry_decision(retries, 1, retriable=False, rng=rng).retry
+    assert jobs.retry_decision(retries, 2, retriable=True, rng=rng).retry
+    decision = jobs.retry_decision(retries, 3, retriable=True, rng=rng)
+    assert not decision.retry and "exhausted" in decision.reason
+
+
+def test_ids_are_deterministic() -> None:
+    assert jobs.trigger_id("a", T0) == "a@2026-03-02T12:00:00Z"
+    assert jobs.trigger_id("a", T0, "manual") == "a@2026-03-02T12:00:00Z/manual"
+    assert jobs.run_id("a", T0, 2) == "a@2026-03-02T12:00:00Z#2"
+
+
+def test_every_registry_kind_is_implemented() -> None:
+    store = MemoryDataStore()
+    for kind, spec in registry.KINDS.items():
+        schedule = "0 * * * *" if spec.heavy else "* * * * *"
+        job = registry.parse({"jobs": [{"name": "k", "kind": kind, "schedule": schedule}]}).jobs[0]
+        outcome = asyncio.run(jobs.run_kind(job, store, T0, 1, _no_sleep))
+        assert outcome.affected == 0
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+def test_archive_in_batches_is_idempotent_on_the_twin() -> None:
+    store = MemoryDataStore()
+    for i in range(25):
+        store.tasks[f"t{i}"] = {"status": "completed", "completed_at": T0 - timedelta(days=31 + i)}
+    store.tasks["recent"] = {"status": "completed", "completed_at": T0 - timedelta(days=2)}
+    store.tasks["open"] = {"status": "open", "completed_at": None}
+    first = asyncio.run(jobs.archive_completed(store, T0, 30, 10))
+    assert (first.affected, first.batches) == (25, 3)
+    assert first.before == {"tasks": 27, "eligible": 25, "tasks_archive": 0}
+    assert first.after == {"tasks": 2, "eligible": 0, "tasks_archive": 25}
+    again = asyncio.run(jobs.archive_completed(store, T0, 30, 10))
+    assert again.affected == 0 and again.before == again.after == first.after
+
+
+def test_purge_by_retention_on_the_twin() -> None:
+    store = MemoryDataStore()
+    store.archive = {f"a{i}": {"archived_at": T0 - timedelta(days=400 - i)} for i in range(60)}
+    store.job_runs = {"old": T0 - timedelta(days=91), "new": T0 - timedelta(days=1)}
+    store.dead_letters = {"old": T0 - timedelta(days=31)}
+    job = registry.parse({"jobs": [{"name": "p", "kind": "purge_expired",
+                                    "schedule": "@daily", "params": {"batch_size": 10}}]}).jobs[0]
+    outcome = asyncio.run(jobs.run_kind(job, store, T0, 1, _no_sleep))
+    assert outcome.affected == 35 + 1 + 1  # archived more than 365 days ago: 400 - i > 365
+    assert set(store.job_runs) == {"new"} and not store.dead_letters
