@@ -81,7 +81,7 @@ class BrokerUnavailable(TransientError):
 
 
 class DatabaseUnavailable(TransientError):
-    """PostgreSQL could not be reached, or a serialization failure/deadlock aborted a transaction."""
+    """PostgreSQL could not be reached, or a serialization failure/deadlock/timeout aborted."""
 
 
 class Fenced(SchedulerError):

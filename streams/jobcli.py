@@ -89,7 +89,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     if args.action == "preview":
         job = reg.get(args.name)
         start = args.start or datetime.now(UTC)
-        slots = []
+        slots: list[dict[str, str]] = []
         for at in job.fires(start):
             if len(slots) == args.count:
                 break

@@ -50,7 +50,12 @@ class Copy:
         pass
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
-        return [Output(os.environ["SINK"], r.key, r.value) for r in records]
+        # Fan-out widens each transaction, so that kills land between its first send and
+        # its commit: the window in which a non-transactional sink would leak duplicates.
+        fanout = int(os.environ.get("FANOUT", "1"))
+        return [Output(os.environ["SINK"], r.key, r.value if fanout == 1 else
+                       b"%s-%d" % (r.value or b"", j))
+                for r in records for j in range(fanout)]
 
 
 def run_cronorch() -> None:

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from streams import kafka
@@ -31,7 +31,7 @@ from tests.support import ROOT, eventually
 
 pytestmark = pytest.mark.kafka
 RECORDS = 8000
-RATE_PER_S = 160
+FANOUT = 50
 
 
 def _start(engine: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -42,63 +42,83 @@ def _start(engine: str, env: dict[str, str], log: Path) -> subprocess.Popen[byte
 
 
 async def _feed(settings: Settings, src: str) -> None:
-    """Publish RECORDS records at a steady pace, so that kills land on work in flight."""
+    """Publish RECORDS records up front: the copy job then works through a backlog, busy
+    sending for most of the time, so a kill lands between a transaction's first send and
+    its commit: the window in which a sink outside the transaction leaks duplicates."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                linger_ms=5)
+                                linger_ms=20)
     await producer.start()
     try:
         for i in range(RECORDS):
             await producer.send(src, str(i).encode(), key=str(i).encode())
-            if i % 100 == 99:
-                await asyncio.sleep(100 / RATE_PER_S)
         await producer.flush()
     finally:
         await producer.stop()
 
 
 async def _sink(settings: Settings, sink: str) -> Counter[bytes]:
-    return Counter(r.value for r in await kafka.read_all(settings, [sink], timeout_s=60)
+    return Counter(r.value for r in await kafka.read_all(settings, [sink], timeout_s=120)
                    if r.value is not None)
 
 
+async def _sink_end(settings: Settings, sink: str) -> int:
+    client = kafka.consumer(settings, group_id=None)
+    await client.start()
+    try:
+        ends = await client.end_offsets([TopicPartition(sink, p) for p in range(3)])
+        return sum(ends.values())
+    finally:
+        await client.stop()
+
+
 def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: int,
-                    until_duplicates: bool = False) -> tuple[Counter[bytes], int]:
-    """Kill ``engine`` with SIGKILL ``kills`` times while it copies; return the sink and
-    how many kills landed on a process that was making progress."""
+                    until_duplicates: bool = False, fanout: int = 1) -> tuple[Counter[bytes], int]:
+    """Kill ``engine`` with SIGKILL up to ``kills`` times while it copies; return the sink
+    and how many kills landed while the source was not fully consumed."""
     run = uuid.uuid4().hex[:8]
     src, sink = f"eos-{engine}-{run}.src", f"eos-{engine}-{run}.sink"
-    env = {**os.environ, "SRC": src, "SINK": sink, "APP_ID": f"eos-{engine}-{run}",
-           "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "METRICS_PORT": "0"}
+    app_id = f"eos-{engine}-{run}"
+    group = app_id if engine == "faust" else f"{app_id}-copy"
+    env = {**os.environ, "SRC": src, "SINK": sink, "APP_ID": app_id,
+           "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "METRICS_PORT": "0",
+           "FANOUT": str(fanout)}
     log = tmp_path / f"{engine}.log"
     rng = random.Random(17)
+
+    async def consumed() -> int:
+        client = kafka.consumer(settings, group_id=group)
+        await client.start()
+        try:
+            return sum([(await client.committed(TopicPartition(src, p))) or 0 for p in range(3)])
+        finally:
+            await client.stop()
 
     async def scenario() -> tuple[Counter[bytes], int]:
         async with kafka.admin(settings) as admin:
             await admin.create_topics([NewTopic(src, 3, 1), NewTopic(sink, 3, 1)])
-        feeder = asyncio.create_task(_feed(settings, src))
+        await _feed(settings, src)
         landed = 0
         for _ in range(kills):
-            before = sum((await _sink(settings, sink)).values())
+            before = await _sink_end(settings, sink)
             proc = _start(engine, env, log)
 
-            async def progressed(before: int = before) -> bool:
-                counts = await _sink(settings, sink)
-                return sum(counts.values()) > before + 50 or len(counts) >= RECORDS
+            async def busy(before: int = before) -> bool:
+                return (await _sink_end(settings, sink) > before + 20 * fanout
+                        or await consumed() >= RECORDS)
 
-            await eventually(progressed, 90, f"{engine} making progress")
-            in_flight = len(await _sink(settings, sink)) < RECORDS
-            await asyncio.sleep(rng.uniform(0, 1.0))
+            await eventually(busy, 90, f"{engine} making progress")
+            await asyncio.sleep(rng.uniform(0, 0.5))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            landed += in_flight
-            counts = await _sink(settings, sink)
-            if not in_flight or (until_duplicates and any(c > 1 for c in counts.values())):
+            if await consumed() >= RECORDS:
                 break
-        await feeder
+            landed += 1
+            if until_duplicates and any(c > 1 for c in (await _sink(settings, sink)).values()):
+                break
         proc = _start(engine, env, log)
         try:
             async def finished() -> bool:
-                return len(await _sink(settings, sink)) >= RECORDS
+                return await consumed() >= RECORDS
 
             await eventually(finished, 120, f"{engine} finishing")
         finally:
@@ -121,8 +141,8 @@ def test_faust_builtin_exactly_once_duplicates_sink_output(settings: Settings,
 
 
 def test_cronorch_engine_exactly_once_under_sigkill(settings: Settings, tmp_path: Path) -> None:
-    counts, landed = _run_with_kills("cronorch", settings, tmp_path, kills=5)
+    counts, landed = _run_with_kills("cronorch", settings, tmp_path, kills=5, fanout=FANOUT)
     assert landed >= 5, f"only {landed} kills landed while records were in flight"
-    assert len(counts) == RECORDS, f"{RECORDS - len(counts)} missing"
+    assert len(counts) == RECORDS * FANOUT, f"{RECORDS * FANOUT - len(counts)} missing"
     duplicates = {v: c for v, c in counts.items() if c > 1}
     assert not duplicates, f"{len(duplicates)} duplicated"

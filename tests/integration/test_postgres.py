@@ -19,6 +19,7 @@ from streams import devstack, jobs, registry
 from streams.errors import DatabaseError, DatabaseUnavailable
 from streams.jobrunner import Runner
 from streams.postgres import Database, translate
+from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
 NOW = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
@@ -270,8 +271,11 @@ def test_postgres_stopped_30s_mid_archive(database: str, pg_stack: devstack.Stac
                                          NOW)
             assert task is not None
             probe = await asyncpg.connect(database)
-            while await probe.fetchval("SELECT count(*) FROM tasks_archive") < 5_000:
-                await asyncio.sleep(0.05)
+
+            async def some_batches_done() -> bool:
+                return bool(await probe.fetchval("SELECT count(*) FROM tasks_archive") >= 5_000)
+
+            await eventually(some_batches_done, 30, "the first batches archived")
             await probe.close()
             marks["stop"] = time.monotonic()
             await asyncio.to_thread(devstack.stop_postgres, pg_stack)

@@ -140,3 +140,13 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     bad.write_text("jobs: [\n  - name: x\n")
     with pytest.raises(ConfigError, match=r"invalid YAML at line"):
         registry.load(bad)
+
+
+def test_job_runner_refuses_an_invalid_registry(tmp_path: Path) -> None:
+    bad = tmp_path / "jobs.yaml"
+    bad.write_text(yaml.safe_dump(_with(1, kind="vacuum_everything")))
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "job-runner", "--registry",
+                           str(bad)], cwd=ROOT, capture_output=True, text=True, check=False,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "jobs[1].kind: unknown kind 'vacuum_everything'" in proc.stderr
