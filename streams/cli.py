@@ -1,4 +1,7 @@
-"""Process entry points: ``cronorch <command>``. Thin: parse arguments, build settings, call down."""
+"""Process entry points: ``cronorch <command>``.
+
+Thin: parse arguments, build settings, call the module below that does the work.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from streams.errors import SchedulerError
 def _instant(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset; write it as 2026-03-08T07:00:00Z")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no offset; write it as 2026-03-08T07:00:00Z")
     return value.astimezone(UTC)
 
 

@@ -6,7 +6,6 @@ An edge module like the CLI: it reads the wall clock to place the demo in the ne
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 import uuid

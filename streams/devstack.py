@@ -200,7 +200,8 @@ def start_kafka(stack: Stack) -> float:
         return _wait("Kafka", lambda: _port_open(stack.kafka_port), 90,
                      alive=lambda: proc_.poll() is None)
     except InfrastructureError as exc:
-        raise InfrastructureError(f"{exc}; broker log:\n{_tail(stack.kafka_dir / 'kafka.log')}") from None
+        tail = _tail(stack.kafka_dir / "kafka.log")
+        raise InfrastructureError(f"{exc}; broker log:\n{tail}") from None
 
 
 def _cluster_id() -> str:
@@ -230,7 +231,8 @@ def _pg_cmd(args: list[str]) -> list[str]:
 
 def start_postgres(stack: Stack) -> float:
     if not (PG_BIN / "postgres").exists():
-        raise InfrastructureError(f"PostgreSQL 15 not found in {PG_BIN}: apt-get install postgresql-15")
+        raise InfrastructureError(
+            f"PostgreSQL 15 not found in {PG_BIN}: apt-get install postgresql-15")
     data = stack.pg_dir / "data"
     if _pg_ready(stack):
         return 0.0
@@ -263,7 +265,8 @@ def start_postgres(stack: Stack) -> float:
     )
     if proc.returncode != 0:
         raise InfrastructureError(
-            f"PostgreSQL did not start:\n{proc.stderr[-1000:]}\n{_tail(stack.pg_dir / 'postgres.log')}"
+            f"PostgreSQL did not start:\n{proc.stderr[-1000:]}\n"
+            f"{_tail(stack.pg_dir / 'postgres.log')}"
         )
     _psql(stack, "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='cronorch') "
                  "THEN CREATE ROLE cronorch LOGIN SUPERUSER; END IF; END$$;")
@@ -335,7 +338,8 @@ def down(stack: Stack, *, wipe: bool = False) -> None:
 
 
 def status(stack: Stack) -> dict[str, str]:
-    kafka = "up" if _pid_alive(stack.kafka_dir / "kafka.pid") and _port_open(stack.kafka_port) else "down"
+    running = _pid_alive(stack.kafka_dir / "kafka.pid") and _port_open(stack.kafka_port)
+    kafka = "up" if running else "down"
     pg = "up" if _pg_ready(stack) else "down"
     return {
         "kafka": f"{kafka} ({stack.bootstrap}, Apache Kafka {KAFKA_VERSION})",

@@ -21,6 +21,7 @@ abort, drop the in-memory state, restore it again and seek back to the committed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -125,10 +126,8 @@ class Processor:
                     extra=fields(role=self.role, partition=p))
         producer = self.producers.get(p)
         if producer is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await producer.abort_transaction()
-            except Exception:  # noqa: BLE001 - the producer may be fenced or broken already
-                pass
         await self._close(p)
         await self._open(p)
         tp = TopicPartition(self.source_topic, p)
@@ -178,7 +177,7 @@ class Processor:
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1}, self.group_id)
             await producer.commit_transaction()
-        except (KafkaError, Fenced, BrokerUnavailable, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaError, Fenced, BrokerUnavailable) as exc:
             metrics.TRANSACTIONS.labels(self.role, "aborted").inc()
             await self._reset(p, exc)
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,13 +112,11 @@ async def ensure_topics(settings: Settings) -> list[str]:
         existing = set(await client.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            try:
+            with suppress(TopicAlreadyExistsError):
                 await client.create_topics([
                     NewTopic(s.name, s.partitions, settings.replication_factor,
                              topic_configs=s.config) for s in missing
                 ])
-            except TopicAlreadyExistsError:
-                pass
         # Creation is asynchronous in KRaft: wait until every partition has a leader.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -85,11 +85,11 @@ class TickPublisher:
         topics = self.settings.topics
         try:
             async with self.producer.transaction():
+                targets = [(topics.ticks, 0),
+                           *((topics.timeline, p) for p in range(self.partitions))]
                 await kafka.send_all(self.producer, (
                     Output(topic, None, codec.encode_tick(at), partition)
-                    for at in ticks
-                    for topic, partition in [(topics.ticks, 0),
-                                             *((topics.timeline, p) for p in range(self.partitions))]
+                    for at in ticks for topic, partition in targets
                 ))
         except KafkaError as exc:
             raise kafka.translate(exc) from exc
@@ -179,7 +179,7 @@ async def run_live(settings: Settings, step_s: int, *,
             try:
                 await _live_loop(settings, publisher, lease, step_s, clock, stop)
             except Fenced:
-                backoff_s = step_s * random.uniform(2, 5)  # noqa: S311 - jitter, not crypto
+                backoff_s = step_s * random.uniform(2, 5)
                 log.warning("tick producer fenced by another one; backing off",
                             extra=fields(backoff_s=round(backoff_s, 2)))
                 with contextlib.suppress(TimeoutError):

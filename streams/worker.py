@@ -38,7 +38,7 @@ log = logging.getLogger("cronorch.worker")
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, positive)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _dead_letter(settings: Settings, record: Record, reason: str) -> Output:
@@ -53,9 +53,8 @@ def _dead_letter(settings: Settings, record: Record, reason: str) -> Output:
 class Rekeyer:
     """todo.task-events → scheduler.timeline, keyed and partitioned by user_id."""
 
-    changelog_topic = None
-
     def __init__(self, settings: Settings, timeline_partitions: int) -> None:
+        self.changelog_topic: str | None = None
         self.settings = settings
         self.partitions = timeline_partitions
         self.counts: Counter[str] = Counter()

@@ -29,3 +29,15 @@ def settings(stack: devstack.Stack, request: pytest.FixtureRequest) -> Iterator[
     settings = settings_for(f"t-{name}-{uuid.uuid4().hex[:6]}")
     asyncio.run(kafka.ensure_topics(settings))
     yield settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CI runs the property tests derandomized: the same examples every run, so a red run is
+    # reproducible; locally hypothesis explores new examples each time.
+    import os
+
+    from hypothesis import settings as hsettings
+
+    hsettings.register_profile("ci", derandomize=True, database=None)
+    if os.environ.get("CI") == "true":
+        hsettings.load_profile("ci")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import random
 import signal
 from collections import Counter
@@ -125,7 +126,7 @@ def test_tick_producer_restart_has_no_gap(settings: Settings, tmp_path: Path) ->
     ticks = _ticks(settings)
     assert len(ticks) == len(set(ticks)), "a tick was published twice"
     ticks.sort()
-    gaps = [(a, b) for a, b in zip(ticks, ticks[1:], strict=False) if b - a != timedelta(seconds=1)]
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a != timedelta(seconds=1)]
     assert not gaps, gaps
     assert "tick catch-up" in log.read_text()
 
@@ -154,5 +155,5 @@ def test_two_tick_producers_never_double_fire(settings: Settings, tmp_path: Path
     counts = Counter(n["notification_id"] for n in notes)
     assert len(counts) == len(fires) and max(counts.values()) == 1
     ticks = sorted(set(_ticks(settings)))
-    gaps = [(x, y) for x, y in zip(ticks, ticks[1:], strict=False) if y - x != timedelta(seconds=1)]
+    gaps = [(x, y) for x, y in itertools.pairwise(ticks) if y - x != timedelta(seconds=1)]
     assert not gaps, gaps

@@ -99,7 +99,7 @@ def test_sigkill_at_random_points(settings: Settings, tmp_path: Path) -> None:
         try:
             while not driving.done():
                 before = await progress()
-                await eventually(lambda: _moved(progress, before, driving), 60, "progress")
+                await eventually(lambda b=before: _moved(progress, b, driving), 60, "progress")
                 await asyncio.sleep(rng.uniform(0, 1.5))
                 if driving.done():
                     break

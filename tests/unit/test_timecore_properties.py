@@ -229,8 +229,13 @@ def test_cron_equals_cronsim_in_utc(expr: str, start: datetime) -> None:
 
 # cronsim mishandles Lord Howe's 30-minute fold ("* 2 * * *" on 2020-04-05 starts at 02:30
 # +10:30, skipping 02:00-02:29, which exist once), so that zone is compared in test_cron only.
+# Zones whose gap is at midnight (Santiago, Beirut) are left out too: for a wildcard-minute
+# job with a fixed hour inside the gap ("* 0 * * 0", Santiago 2020-09-06), cronsim reads the
+# missing 00:00 with the pre-gap offset (01:00 -03) while its own wildcard rule, which we
+# match with skip, says times in a gap do not happen (docs/time.md, deliberate differences).
 cronsim_zones = st.just(
-    [z for z in ZONES if z not in ("UTC", "Asia/Kathmandu", "Australia/Lord_Howe")]
+    [z for z in ZONES if z not in ("UTC", "Asia/Kathmandu", "Australia/Lord_Howe",
+                                   "America/Santiago", "Asia/Beirut")]
 )
 
 
