@@ -8,11 +8,24 @@ processed, so a replay of the same log produces the same ids.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
-from schemas import AtReminder, BeforeReminder, Task
+from schemas import AtReminder, BeforeReminder, DigestTask, Task, UserSettings
+from streams.localtime import (
+    RFC5545,
+    Ambiguous,
+    DstPolicy,
+    Nonexistent,
+    local_date_of,
+    local_day_bounds,
+    resolve,
+    zone,
+)
+from streams.recurrence import Skip, next_after_completion, occurrences, parse_rrule
 
 _NAMESPACE = uuid.UUID("6f1c1b8e-3d0a-5c55-9a8e-6d1f4c1e2a77")
 
@@ -69,3 +82,166 @@ def reminder_fires(task: Task, occurred_at: datetime) -> dict[datetime, Reminder
 
 def reminder_id(user_id: str, task_id: str, fire_at: datetime) -> str:
     return notification_id("reminder.due", user_id, task_id, instant_key(fire_at))
+
+
+# --- daily digests -----------------------------------------------------------------------
+
+DEFAULT_DIGEST_TIME = time(9, 0)
+
+
+def dst_policy_of(settings: UserSettings) -> DstPolicy:
+    if settings.dst_policy is None:
+        return RFC5545
+    return DstPolicy(Nonexistent(settings.dst_policy.nonexistent),
+                     Ambiguous(settings.dst_policy.ambiguous))
+
+
+@dataclass(frozen=True, slots=True)
+class DigestFire:
+    local_date: date
+    fire_at: datetime
+
+
+def next_digest(settings: UserSettings, last: DigestFire | None) -> DigestFire | None:
+    """The user's next digest: the first fire after the settings' ``occurred_at`` on a local
+    date not yet fired (a second fold fire of the last date only with ``ambiguous: both``)."""
+    tz = zone(settings.timezone)
+    policy = dst_policy_of(settings)
+    at = settings.digest_time or DEFAULT_DIGEST_TIME
+    day = local_date_of(settings.occurred_at, tz) - timedelta(days=1)
+    if last is not None:
+        day = max(day, last.local_date)
+    for _ in range(800):  # a policy of "skip" can drop a day, never two years of them
+        for fire_at in resolve(day, at, tz, policy):
+            if fire_at <= settings.occurred_at:
+                continue
+            if last is not None and (day < last.local_date or fire_at <= last.fire_at or (
+                    day == last.local_date and policy.ambiguous is not Ambiguous.BOTH)):
+                continue
+            return DigestFire(day, fire_at)
+        day += timedelta(days=1)
+    return None
+
+
+def digest_id(user_id: str, fire: DigestFire) -> str:
+    return notification_id("digest.daily", user_id, fire.local_date.isoformat(),
+                           instant_key(fire.fire_at))
+
+
+def due_instant(task: Task, tz: ZoneInfo) -> datetime | None:
+    """When a task is due: ``due_at``, or the start of its local ``due_date``."""
+    if task.due_at is not None:
+        return task.due_at
+    if task.due_date is not None:
+        return local_day_bounds(task.due_date, tz)[0]
+    return None
+
+
+def digest_content(tasks: Iterable[Task], local_date: date,
+                   tz: ZoneInfo) -> tuple[list[DigestTask], int]:
+    """The open tasks due on ``local_date`` (by due instant, task_id) and how many are overdue."""
+    start, end = local_day_bounds(local_date, tz)
+    today: list[tuple[datetime, str, Task]] = []
+    overdue = 0
+    for task in tasks:
+        if task.status != "open":
+            continue
+        due = due_instant(task, tz)
+        if due is None:
+            continue
+        on_day = task.due_date == local_date if task.due_date is not None else start <= due < end
+        if on_day:
+            today.append((due, task.task_id, task))
+        elif due < start:
+            overdue += 1
+    today.sort(key=lambda item: (item[0], item[1]))
+    return [DigestTask(task_id=t.task_id, title=t.title, due_at=t.due_at, due_date=t.due_date)
+            for _, _, t in today], overdue
+
+
+# --- recurrence spawns -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFire:
+    """One occurrence of a series to spawn: its due (instant or local date) and fire instant."""
+
+    due_at: datetime | None
+    due_date: date | None
+    due_instant: datetime  # due_at, or the start of due_date's local day: orders occurrences
+    fire_at: datetime
+
+    @property
+    def occurrence_key(self) -> str:
+        return self.due_date.isoformat() if self.due_date else instant_key(self.due_instant)
+
+
+def series_start(task: Task, tz: ZoneInfo) -> datetime | None:
+    """DTSTART as naive local wall time in ``tz`` (midnight for an all-day series)."""
+    if task.due_at is not None:
+        return task.due_at.astimezone(tz).replace(tzinfo=None)
+    if task.due_date is not None:
+        return datetime.combine(task.due_date, time())
+    return None
+
+
+_UTC_ZONE = ZoneInfo("UTC")
+
+
+def next_spawn(task: Task, tz: ZoneInfo, policy: DstPolicy, after: datetime) -> SpawnFire | None:
+    """The first occurrence of series ``task`` due strictly after ``after``.
+
+    A timed occurrence is due at its first resolved instant; an all-day one at the start of
+    its local day. Either spawns at the start of its local day.
+    """
+    if task.recurrence is None or task.status != "open":
+        return None
+    start = series_start(task, tz)
+    if start is None:
+        return None
+    rule = parse_rrule(task.recurrence.rrule)
+    skip = Skip(task.recurrence.skip)
+    if task.due_date is not None:
+        # All-day: dates do not depend on the zone; expand on a fixed zone so ``after`` works.
+        bound = local_date_of(after, tz)
+        for occ in occurrences(rule, start, _UTC_ZONE, skip=skip,
+                               after=datetime.combine(bound - timedelta(days=1), time(),
+                                                      tzinfo=UTC)):
+            day = occ.local.date()
+            begin = local_day_bounds(day, tz)[0]
+            if begin > after:
+                return SpawnFire(None, day, begin, begin)
+        return None
+    for occ in occurrences(rule, start, tz, skip=skip, policy=policy, after=after):
+        due = occ.instants[0]
+        return SpawnFire(due, None, due, local_day_bounds(occ.local.date(), tz)[0])
+    return None
+
+
+def completion_spawn(series: Task, tz: ZoneInfo, policy: DstPolicy,
+                     completed_at: datetime) -> SpawnFire | None:
+    """Anchor "completion": the instance after one completed at ``completed_at`` is due one
+    rule interval after the completion's local date, at the series' time of day."""
+    if series.recurrence is None or series.status != "open":
+        return None
+    start = series_start(series, tz)
+    if start is None:
+        return None
+    rule = parse_rrule(series.recurrence.rrule)
+    local = next_after_completion(rule, start, local_date_of(completed_at, tz))
+    if rule.until is not None:
+        until = rule.until if isinstance(rule.until, date) and not isinstance(
+            rule.until, datetime) else rule.until.date()
+        if local.date() > until:
+            return None
+    if series.due_date is not None:
+        begin = local_day_bounds(local.date(), tz)[0]
+        return SpawnFire(None, local.date(), begin, completed_at)
+    instants = resolve(local.date(), local.time(), tz, policy)
+    if not instants:
+        return None
+    return SpawnFire(instants[0], None, instants[0], completed_at)
+
+
+def spawn_id(user_id: str, series_id: str, fire: SpawnFire) -> str:
+    return notification_id("task.spawn", user_id, series_id, fire.occurrence_key)

@@ -1,10 +1,11 @@
 """Per-partition state of the timeline agent, its due index, and its changelog form.
 
 A ``PartitionState`` holds the users and tasks of one timeline partition, the watermark
-(the last processed tick) and what has already fired. The due index is derived: it is
-rebuilt from the tasks when a partition is restored, never persisted. Applying an event or
-a tick mutates the state and returns ``Effects``: the records to emit, the changelog keys
-that changed and the counts for the run summary. No IO and no clock here.
+(the last processed tick) and what has already fired (reminder instants per task, the last
+digest per user, how far each series has spawned). The due index is derived: it is rebuilt
+from that state when a partition is restored, never persisted. Applying an event or a tick
+mutates the state and returns ``Effects``: the records to emit, the changelog keys that
+changed and the counts for the run summary. No IO and no clock here.
 """
 
 from __future__ import annotations
@@ -13,23 +14,45 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
-from pydantic import BaseModel
 
-from schemas import ReminderDue, Task, TaskDeleted, TaskUpserted, UserSettings
+from schemas import (
+    DigestDaily,
+    Occurrence,
+    ReminderDue,
+    SpawnTemplate,
+    Task,
+    TaskDeleted,
+    TaskSpawn,
+    TaskUpserted,
+    UserSettings,
+)
 from schemas.values import format_instant
+from streams.localtime import RFC5545, DstPolicy, zone
 from streams.planning import (
+    DigestFire,
     ReminderFire,
+    SpawnFire,
     Timeliness,
+    completion_spawn,
+    digest_content,
+    digest_id,
+    dst_policy_of,
+    next_digest,
+    next_spawn,
     reminder_fires,
     reminder_id,
+    spawn_id,
     timeliness,
 )
 
 BUCKET_S = 60
 WATERMARK_KEY = "w"
+_UTC = ZoneInfo("UTC")
 
 
 @dataclass
@@ -40,6 +63,8 @@ class TaskState:
     occurred_at: datetime
     task: Task | None  # None once deleted: the version stays to reject stale upserts
     fired: set[datetime] = field(default_factory=set)
+    spawned_through: datetime | None = None  # due instant of the last occurrence spawned
+    completion_spawns: dict[str, SpawnFire] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -51,12 +76,29 @@ class TaskState:
         planned = reminder_fires(self.task, self.occurred_at)
         return {at: fire for at, fire in planned.items() if at not in self.fired}
 
+    def next_spawn(self, tz: ZoneInfo, policy: DstPolicy) -> SpawnFire | None:
+        task = self.task
+        if task is None or task.recurrence is None:
+            return None
+        if task.recurrence.anchor == "completion" and self.spawned_through is not None:
+            return None  # after the first instance, only completions spawn
+        after = self.occurred_at
+        if self.spawned_through is not None and self.spawned_through > after:
+            after = self.spawned_through
+        return next_spawn(task, tz, policy, after)
+
+
+@dataclass
+class UserState:
+    settings: UserSettings
+    digest_last: DigestFire | None = None
+
 
 @dataclass
 class Effects:
     """What applying one record decided: outputs to emit, changelog keys touched, counts."""
 
-    outputs: list[BaseModel] = field(default_factory=list)
+    outputs: list[ReminderDue | DigestDaily | TaskSpawn] = field(default_factory=list)
     dirty: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -106,13 +148,22 @@ class DueIndex:
 
 
 class PartitionState:
-    def __init__(self, partition: int, *, reminder_catchup_s: int) -> None:
+    def __init__(self, partition: int, *, reminder_catchup_s: int,
+                 digest_catchup_s: int = 3 * 3600) -> None:
         self.partition = partition
         self.reminder_catchup_s = reminder_catchup_s
+        self.digest_catchup_s = digest_catchup_s
         self.watermark: datetime | None = None
         self.tasks: dict[str, TaskState] = {}
-        self.users: dict[str, UserSettings] = {}
+        self.users: dict[str, UserState] = {}
+        self.user_tasks: dict[str, set[str]] = {}
         self.index = DueIndex()
+
+    def _zone(self, user_id: str) -> tuple[ZoneInfo, DstPolicy]:
+        user = self.users.get(user_id)
+        if user is None:
+            return _UTC, RFC5545
+        return zone(user.settings.timezone), dst_policy_of(user.settings)
 
     # --- events ------------------------------------------------------------------------
 
@@ -120,12 +171,14 @@ class PartitionState:
         effects = Effects()
         if isinstance(event, UserSettings):
             current = self.users.get(event.user_id)
-            if current is not None and event.version <= current.version:
+            if current is not None and event.version <= current.settings.version:
                 effects.counts["stale"] += 1
                 return effects
-            self.users[event.user_id] = event
+            self.users[event.user_id] = UserState(
+                event, current.digest_last if current is not None else None)
             effects.dirty.add(f"u|{event.user_id}")
             effects.counts["applied"] += 1
+            self._index_user(event.user_id, with_tasks=True)
             return effects
         if isinstance(event, TaskUpserted):
             user_id, task_id, version = event.task.user_id, event.task.task_id, event.task.version
@@ -137,17 +190,57 @@ class PartitionState:
         if current_task is not None and version <= current_task.version:
             effects.counts["stale"] += 1
             return effects
-        state = TaskState(user_id, task_id, version, event.occurred_at, task,
-                          fired=current_task.fired if current_task else set())
+        state = TaskState(user_id, task_id, version, event.occurred_at, task)
+        if current_task is not None:
+            state.fired = current_task.fired
+            state.spawned_through = current_task.spawned_through
+            state.completion_spawns = current_task.completion_spawns
         self.tasks[key] = state
-        self._index(state)
+        self.user_tasks.setdefault(user_id, set()).add(key)
+        self._index_task(state)
         effects.dirty.add(key)
         effects.counts["applied"] += 1
+        was_open = current_task is None or (current_task.task is not None
+                                            and current_task.task.status == "open")
+        if task is not None and task.status == "completed" and was_open and task.series_id:
+            self._completed_instance(task, event.occurred_at, effects)
         return effects
 
-    def _index(self, state: TaskState) -> None:
+    def _completed_instance(self, instance: Task, occurred_at: datetime,
+                            effects: Effects) -> None:
+        """Anchor "completion": plan the next instance of the instance's series."""
+        series = self.tasks.get(f"t|{instance.user_id}|{instance.series_id}")
+        if series is None or series.task is None or series.task.recurrence is None:
+            return
+        if series.task.recurrence.anchor != "completion":
+            return
+        tz, policy = self._zone(instance.user_id)
+        fire = completion_spawn(series.task, tz, policy, instance.completed_at or occurred_at)
+        if fire is None or (series.spawned_through is not None
+                            and fire.due_instant <= series.spawned_through):
+            return
+        series.completion_spawns[fire.occurrence_key] = fire
+        self.index.add(series.key, fire.fire_at)
+        effects.dirty.add(series.key)
+
+    def _index_task(self, state: TaskState) -> None:
         for fire_at in state.pending():
             self.index.add(state.key, fire_at)
+        tz, policy = self._zone(state.user_id)
+        spawn = state.next_spawn(tz, policy)
+        if spawn is not None:
+            self.index.add(state.key, spawn.fire_at)
+        for fire in state.completion_spawns.values():
+            self.index.add(state.key, fire.fire_at)
+
+    def _index_user(self, user_id: str, *, with_tasks: bool) -> None:
+        user = self.users[user_id]
+        fire = next_digest(user.settings, user.digest_last)
+        if fire is not None:
+            self.index.add(f"u|{user_id}", fire.fire_at)
+        if with_tasks:  # a zone or DST policy change moves every local-time fire
+            for key in self.user_tasks.get(user_id, ()):
+                self._index_task(self.tasks[key])
 
     # --- ticks -------------------------------------------------------------------------
 
@@ -156,20 +249,35 @@ class PartitionState:
         if self.watermark is not None and tick_at <= self.watermark:
             effects.counts["ticks_ignored"] += 1
             return effects
-        for key, fire_at in self.index.pop_due(tick_at):
-            state = self.tasks.get(key)
-            if state is None or state.task is None:
+        seen: set[str] = set()
+        for key, _ in self.index.pop_due(tick_at):
+            if key in seen:
                 continue
-            fire = state.pending().get(fire_at)
-            if fire is None:
-                continue  # re-planned, completed, deleted or already fired
+            seen.add(key)
+            if key.startswith("u|"):
+                self._fire_digests(key[2:], tick_at, effects)
+            else:
+                state = self.tasks.get(key)
+                if state is not None and state.task is not None:
+                    self._fire_reminders(state, tick_at, effects)
+                    self._fire_spawns(state, tick_at, effects)
+        self.watermark = tick_at
+        effects.dirty.add(WATERMARK_KEY)
+        effects.counts["ticks"] += 1
+        return effects
+
+    def _fire_reminders(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
+        task = state.task
+        assert task is not None
+        for fire_at, fire in sorted(state.pending().items()):
+            if fire_at > tick_at:
+                continue
             state.fired.add(fire_at)
-            effects.dirty.add(key)
+            effects.dirty.add(state.key)
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
             if verdict is Timeliness.MISSED:
                 effects.counts["missed"] += 1
                 continue
-            task = state.task
             assert task.due_at is not None
             effects.outputs.append(ReminderDue(
                 type="reminder.due",
@@ -179,10 +287,66 @@ class PartitionState:
                 fire_at=fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
             ))
             effects.counts["notified"] += 1
-        self.watermark = tick_at
-        effects.dirty.add(WATERMARK_KEY)
-        effects.counts["ticks"] += 1
-        return effects
+
+    def _fire_spawns(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
+        task = state.task
+        assert task is not None
+        tz, policy = self._zone(state.user_id)
+        due: list[SpawnFire] = [f for f in state.completion_spawns.values()
+                                if f.fire_at <= tick_at]
+        for fire in due:
+            del state.completion_spawns[fire.occurrence_key]
+        while (nxt := state.next_spawn(tz, policy)) is not None and nxt.fire_at <= tick_at:
+            due.append(nxt)
+            state.spawned_through = nxt.due_instant
+        for fire in sorted(due, key=lambda f: f.due_instant):
+            if state.spawned_through is None or fire.due_instant > state.spawned_through:
+                state.spawned_through = fire.due_instant
+            effects.outputs.append(TaskSpawn(
+                type="task.spawn", spawn_id=spawn_id(state.user_id, state.task_id, fire),
+                user_id=state.user_id, series_id=state.task_id,
+                occurrence=Occurrence(due_at=fire.due_at, due_date=fire.due_date),
+                fire_at=fire.fire_at, tick_at=tick_at, late=tick_at > fire.fire_at,
+                template=SpawnTemplate(title=task.title, reminders=list(task.reminders)),
+            ))
+            effects.counts["spawned"] += 1
+        if due:
+            effects.dirty.add(state.key)
+            upcoming = state.next_spawn(tz, policy)
+            if upcoming is not None:
+                self.index.add(state.key, upcoming.fire_at)
+
+    def _fire_digests(self, user_id: str, tick_at: datetime, effects: Effects) -> None:
+        user = self.users.get(user_id)
+        if user is None:
+            return
+        tz = zone(user.settings.timezone)
+        fired = False
+        while (fire := next_digest(user.settings, user.digest_last)) is not None \
+                and fire.fire_at <= tick_at:
+            user.digest_last = fire
+            fired = True
+            verdict = timeliness(fire.fire_at, tick_at, self.digest_catchup_s)
+            if verdict is Timeliness.MISSED:
+                effects.counts["missed_digests"] += 1
+                continue
+            tasks = [self.tasks[k].task for k in self.user_tasks.get(user_id, ())]
+            listed, overdue = digest_content((t for t in tasks if t is not None),
+                                             fire.local_date, tz)
+            if not listed:
+                effects.counts["digests_empty"] += 1
+                continue
+            effects.outputs.append(DigestDaily(
+                type="digest.daily", notification_id=digest_id(user_id, fire),
+                user_id=user_id, timezone=user.settings.timezone, local_date=fire.local_date,
+                fire_at=fire.fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
+                tasks=listed, overdue_count=overdue,
+            ))
+            effects.counts["digests"] += 1
+        if fired:
+            effects.dirty.add(f"u|{user_id}")
+        if fire is not None:
+            self.index.add(f"u|{user_id}", fire.fire_at)
 
     # --- changelog ---------------------------------------------------------------------
 
@@ -193,7 +357,14 @@ class PartitionState:
             return orjson.dumps({"watermark": wm})
         if key.startswith("u|"):
             user = self.users.get(key[2:])
-            return None if user is None else orjson.dumps(user.model_dump(mode="json"))
+            if user is None:
+                return None
+            last = user.digest_last
+            return orjson.dumps({
+                "settings": user.settings.model_dump(mode="json"),
+                "digest_last": None if last is None else [
+                    last.local_date.isoformat(), format_instant(last.fire_at)],
+            })
         state = self.tasks.get(key)
         if state is None:
             return None
@@ -202,6 +373,9 @@ class PartitionState:
             "occurred_at": format_instant(state.occurred_at),
             "task": None if state.task is None else state.task.model_dump(mode="json"),
             "fired": sorted(format_instant(at) for at in state.fired),
+            "spawned_through": None if state.spawned_through is None
+            else format_instant(state.spawned_through),
+            "completion_spawns": [_spawn_doc(f) for f in state.completion_spawns.values()],
         })
 
     def restore(self, entries: Iterable[tuple[str, bytes | None]]) -> None:
@@ -217,16 +391,42 @@ class PartitionState:
                 wm = data["watermark"]
                 self.watermark = None if wm is None else _instant(wm)
             elif key.startswith("u|"):
-                self.users[key[2:]] = UserSettings.model_validate(data)
+                last = data["digest_last"]
+                self.users[key[2:]] = UserState(
+                    UserSettings.model_validate(data["settings"]),
+                    None if last is None else DigestFire(date.fromisoformat(last[0]),
+                                                         _instant(last[1])))
             elif key.startswith("t|"):
-                self.tasks[key] = TaskState(
+                state = TaskState(
                     data["user_id"], data["task_id"], data["version"],
                     _instant(data["occurred_at"]),
                     None if data["task"] is None else Task.model_validate(data["task"]),
                     {_instant(at) for at in data["fired"]},
+                    None if data["spawned_through"] is None
+                    else _instant(data["spawned_through"]),
                 )
+                for doc in data["completion_spawns"]:
+                    fire = _spawn_fire(doc)
+                    state.completion_spawns[fire.occurrence_key] = fire
+                self.tasks[key] = state
+                self.user_tasks.setdefault(state.user_id, set()).add(key)
+        for user_id in self.users:
+            self._index_user(user_id, with_tasks=False)
         for state in self.tasks.values():
-            self._index(state)
+            self._index_task(state)
+
+
+def _spawn_doc(fire: SpawnFire) -> dict[str, Any]:
+    return {"due_at": None if fire.due_at is None else format_instant(fire.due_at),
+            "due_date": None if fire.due_date is None else fire.due_date.isoformat(),
+            "due_instant": format_instant(fire.due_instant),
+            "fire_at": format_instant(fire.fire_at)}
+
+
+def _spawn_fire(doc: dict[str, Any]) -> SpawnFire:
+    return SpawnFire(None if doc["due_at"] is None else _instant(doc["due_at"]),
+                     None if doc["due_date"] is None else date.fromisoformat(doc["due_date"]),
+                     _instant(doc["due_instant"]), _instant(doc["fire_at"]))
 
 
 def _instant(text: str) -> datetime:

@@ -3,7 +3,8 @@
     todo.task-events ──re-keyer──► scheduler.timeline ◄── tick producer
                                          │
                                   timeline agent (PartitionState per partition)
-                                         ├──► todo.notifications
+                                         ├──► todo.notifications (reminder.due, digest.daily)
+                                         ├──► todo.task-commands (task.spawn)
                                          ├──► scheduler.state-changelog (p)
                                          └──► scheduler.dead-letters
 
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 
 from aiokafka.partitioner import murmur2
 
-from schemas import ReminderDue, Tick
+from schemas import TaskSpawn, Tick
 from streams import codec, kafka, logs, metrics
 from streams.engine import Processor
 from streams.errors import InvalidEvent
@@ -93,7 +94,8 @@ class TimelineAgent:
         self.counts: Counter[str] = Counter()
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
-        state = PartitionState(partition, reminder_catchup_s=self.settings.reminder_catchup_s)
+        state = PartitionState(partition, reminder_catchup_s=self.settings.reminder_catchup_s,
+                               digest_catchup_s=self.settings.digest_catchup_s)
         state.restore((r.key.decode(), r.value) for r in changelog if r.key is not None)
         self.states[partition] = state
         self.counts["restored_tasks"] += len(state.tasks)
@@ -119,10 +121,9 @@ class TimelineAgent:
                 effects.merge(state.apply(item))
         topics = self.settings.topics
         for out in effects.outputs:
-            if isinstance(out, ReminderDue):
-                outputs.append(Output(topics.notifications, out.user_id.encode(),
-                                      codec.dumps(out)))
-                metrics.NOTIFICATIONS.labels(out.type).inc()
+            topic = topics.task_commands if isinstance(out, TaskSpawn) else topics.notifications
+            outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
+            metrics.NOTIFICATIONS.labels(out.type).inc()
         for key in sorted(effects.dirty):
             outputs.append(Output(topics.state_changelog, key.encode(), state.snapshot(key),
                                   partition))
@@ -133,6 +134,8 @@ class TimelineAgent:
                 metrics.EVENTS.labels(name).inc(effects.counts[name])
         if effects.counts["missed"]:
             metrics.MISSED.labels("reminder.due").inc(effects.counts["missed"])
+        if effects.counts["missed_digests"]:
+            metrics.MISSED.labels("digest.daily").inc(effects.counts["missed_digests"])
         self.counts.update(effects.counts)
         return outputs
 
@@ -180,7 +183,8 @@ def _summary(event: str, rekeyer: Rekeyer, agent: TimelineAgent, started: float)
     counts = agent.counts
     log.info(event, extra=fields(
         processed=counts["applied"] + counts["stale"] + counts["ticks"] + counts["ticks_ignored"],
-        notified=counts["notified"], missed=counts["missed"], stale=counts["stale"],
+        notified=counts["notified"] + counts["digests"], spawned=counts["spawned"],
+        missed=counts["missed"] + counts["missed_digests"], stale=counts["stale"],
         errors=counts["dead_letters"] + rekeyer.counts["dead_letters"],
         rekeyed=rekeyer.counts["rekeyed"], duration_s=round(time.monotonic() - started, 3),
     ))
