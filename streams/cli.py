@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from streams import jobcli
+from streams import jobcli, preview
 from streams.errors import SchedulerError
 
 
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--follow-s", type=float, default=90.0,
                       help="seconds to print notifications for (0 = do not follow)")
     jobcli.add_parsers(sub)
+    preview.add_parsers(sub)
     return parser
 
 
@@ -89,6 +90,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     settings = Settings.from_env()
+    if args.command == "preview":
+        return preview.run(args, datetime.now(UTC))
     result = jobcli.dispatch(args, settings)
     if result is not None:
         return result
