@@ -3,7 +3,7 @@
 For partitions holding N = 10k, 100k and 300k open tasks (every task with a reminder in
 the far future, plus 100 reminders due at each measured tick), time the ticks and print
 µs per tick and the ratio to the smallest N. A scan over tasks would grow the ratio with
-N (×30 from 10k to 300k); the index keeps it near 1. Also prints the resident memory per
+N (30 times from 10k to 300k); the index keeps it near 1. Also prints the resident memory per
 task. Machines here are noisy: read the ratios of one run, not absolute figures.
 
     .venv/bin/python bench/tick_cost.py
