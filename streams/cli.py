@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from streams import jobcli, preview
+from streams import jobcli, preview, taskcli
 from streams.errors import SchedulerError
 
 
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--follow-s", type=float, default=90.0,
                       help="seconds to print notifications for (0 = do not follow)")
     jobcli.add_parsers(sub)
+    taskcli.add_parsers(sub)
     preview.add_parsers(sub)
     return parser
 
@@ -93,6 +94,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "preview":
         return preview.run(args, datetime.now(UTC))
     result = jobcli.dispatch(args, settings)
+    result = taskcli.dispatch(args, settings) if result is None else result
     if result is not None:
         return result
     if args.command == "topics":

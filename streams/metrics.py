@@ -40,3 +40,11 @@ JOB_RETRIES = Counter("cronorch_job_retries_total", "Job attempts followed by a 
 JOB_ROWS = Counter("cronorch_job_rows_affected_total", "Rows moved or deleted by jobs", ["job"])
 JOB_DUPLICATES = Counter("cronorch_job_duplicate_triggers_total",
                          "Triggers for a slot that was claimed before", ["job"])
+
+# The tasks side: spawn sink, outbox relay, bootstrap.
+SPAWNS = Counter("cronorch_spawns_total", "task.spawn commands applied by the spawn sink",
+                 ["outcome"])  # inserted | duplicate | dead_letter
+OUTBOX_PUBLISHED = Counter("cronorch_outbox_published_total",
+                           "Outbox rows published to todo.task-events")
+OUTBOX_WAKEUPS = Counter("cronorch_outbox_wakeups_total", "Relay passes by cause",
+                         ["cause"])  # notify | poll

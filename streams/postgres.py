@@ -7,7 +7,9 @@ serialization failures, deadlocks and server shutdowns become ``DatabaseUnavaila
 (retriable); everything else becomes ``DatabaseError`` — both chained with ``from``.
 
 Implements the ``streams.jobs.DataStore`` port plus what the job runner needs (slot claims,
-per-job advisory locks, pause state). Must not import the planning or runner modules.
+per-job advisory locks, pause state), and the tasks side: spawned instances with their outbox
+rows, per-user outbox claims for the relay, LISTEN wake-ups and read-only snapshots for
+bootstrap. Must not import the planning, runner, sink or relay modules.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -96,6 +98,79 @@ def lock_key(job: str) -> int:
     """The advisory lock key of a job: a stable signed 64-bit hash of its name."""
     digest = hashlib.sha256(f"cronorch.job:{job}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def outbox_lock_key(user_id: str) -> int:
+    """The advisory lock key of a user's outbox rows (a different namespace from jobs)."""
+    digest = hashlib.sha256(f"cronorch.outbox:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnedTask:
+    """A new task row from a spawn, with the JSON of its task.upserted outbox event."""
+
+    task_id: str
+    user_id: str
+    title: str
+    due_at: datetime | None
+    due_date: date | None
+    reminders_json: str
+    series_id: str
+    occurrence_key: str
+    created_at: datetime
+    event_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    outbox_id: int
+    user_id: str
+    event_type: str
+    payload: str  # the event's JSON text, published as is
+
+
+class Listener:
+    """A pool connection LISTENing on a channel; ``alive`` is False once it is lost."""
+
+    def __init__(self, db: Database, conn: Any, channel: str,
+                 callback: Callable[..., None]) -> None:
+        self.db = db
+        self.conn = conn
+        self.channel = channel
+        self.callback = callback
+
+    def alive(self) -> bool:
+        return not self.conn.is_closed()
+
+    async def close(self) -> None:
+        # The pool warns about (and tests fail on) a connection released with a listener.
+        with contextlib.suppress(Exception):
+            await self.conn.remove_listener(self.channel, self.callback)
+        await self.db._release(self.conn)
+
+
+class Snapshot:
+    """Named queries inside one REPEATABLE READ, read-only transaction."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetchrow(self, name: str, *args: Any) -> dict[str, Any]:
+        async with _translated():
+            return dict(await self.conn.fetchrow(queries()[name], *args))
+
+    async def chunks(self, name: str, size: int,
+                     *args: Any) -> AsyncIterator[list[dict[str, Any]]]:
+        """The query's rows through a server-side cursor, ``size`` at a time."""
+        async with _translated():
+            cursor = await self.conn.cursor(queries()[name], *args)
+        while True:
+            async with _translated():
+                rows = await cursor.fetch(size)
+            if not rows:
+                return
+            yield [dict(r) for r in rows]
 
 
 @dataclass(slots=True)
@@ -322,3 +397,66 @@ class Database:
         if target not in ("tasks_archive", "job_runs", "dead_letters"):
             raise ValueError(f"unknown purge target {target!r}")
         return int(await self.fetchval(f"purge_{target}", cutoff, batch_size))
+
+    # --- tasks: spawned instances, the outbox, snapshots -------------------------------
+
+    async def insert_spawned(self, tasks: Sequence[SpawnedTask]) -> list[bool]:
+        """Insert instances (and their outbox rows) in one transaction; True where new."""
+        q = queries()["spawn_task"]
+        out: list[bool] = []
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            for t in tasks:
+                outbox_id = await conn.fetchval(
+                    q, t.task_id, t.user_id, t.title, t.due_at, t.due_date, t.reminders_json,
+                    t.series_id, t.occurrence_key, t.created_at, t.event_json)
+                out.append(outbox_id is not None)
+        return out
+
+    async def outbox_pending_users(self, scan: int) -> list[str]:
+        return [r["user_id"] for r in await self.fetch("outbox_pending_users", scan)]
+
+    async def outbox_unpublished(self) -> int:
+        return int(await self.fetchval("outbox_unpublished_count"))
+
+    async def publish_outbox(self, user_id: str, limit: int,
+                             publish: Callable[[list[OutboxRow]], Awaitable[None]],
+                             clock: Callable[[], datetime]) -> int | None:
+        """Publish a user's oldest unpublished rows with ``publish`` and mark them published.
+
+        Holds the user's advisory lock for the transaction, so relays never interleave one
+        user's rows; None if another relay holds it. Rows are marked only after ``publish``
+        returned (the broker acknowledged them); if it raises, nothing is marked.
+        """
+        q = queries()
+        async with _translated(), self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(q["try_outbox_lock"], outbox_lock_key(user_id)):
+                return None
+            # Read after the lock is held: a previous holder's marks are visible now.
+            rows = [OutboxRow(r["outbox_id"], r["user_id"], r["event_type"], r["payload"])
+                    for r in await conn.fetch(q["outbox_pending"], user_id, limit)]
+            if not rows:
+                return 0
+            await publish(rows)
+            await conn.execute(q["outbox_mark_published"], [r.outbox_id for r in rows], clock())
+        return len(rows)
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> Listener:
+        """A dedicated connection calling ``on_notify`` for each notification on ``channel``."""
+        def callback(*_: Any) -> None:
+            on_notify()
+
+        async with _translated():
+            conn = await self.pool.acquire()
+            try:
+                await conn.add_listener(channel, callback)
+            except BaseException:
+                await self._release(conn)
+                raise
+        return Listener(self, conn, channel, callback)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Snapshot]:
+        """One consistent, read-only view of the database for the ``with`` block."""
+        async with _translated(), self.pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            yield Snapshot(conn)

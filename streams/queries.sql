@@ -175,3 +175,56 @@ WITH gone AS (
     RETURNING 1
 )
 SELECT count(*) FROM gone;
+
+-- --- spawn sink, outbox relay, bootstrap (streams/spawnsink.py, relay.py, bootstrap.py) ----
+
+-- name: spawn_task
+-- One instance of a series; its task.upserted outbox row only when the row is new. A
+-- redelivered spawn, or one for an occurrence already spawned or archived, changes nothing.
+WITH inserted AS (
+    INSERT INTO tasks (task_id, user_id, version, title, status, due_at, due_date, reminders,
+                       recurrence, series_id, occurrence_key, created_at, updated_at)
+    SELECT $1, $2, 1, $3, 'open', $4, $5, $6::jsonb, NULL, $7, $8, $9, $9
+     WHERE NOT EXISTS (SELECT 1 FROM tasks_archive
+                        WHERE series_id = $7 AND occurrence_key = $8)
+    ON CONFLICT (series_id, occurrence_key) DO NOTHING
+    RETURNING user_id
+)
+INSERT INTO outbox (user_id, event_type, payload)
+SELECT user_id, 'task.upserted', $10::jsonb FROM inserted
+RETURNING outbox_id;
+
+-- name: outbox_pending_users
+-- The users of the oldest unpublished rows: bounded work per poll, oldest first.
+SELECT user_id FROM (
+    SELECT user_id, outbox_id FROM outbox WHERE published_at IS NULL
+     ORDER BY outbox_id LIMIT $1
+) oldest
+GROUP BY user_id ORDER BY min(outbox_id);
+
+-- name: try_outbox_lock
+SELECT pg_try_advisory_xact_lock($1);
+
+-- name: outbox_pending
+SELECT outbox_id, user_id, event_type, payload::text AS payload
+  FROM outbox WHERE user_id = $1 AND published_at IS NULL
+ ORDER BY outbox_id LIMIT $2;
+
+-- name: outbox_mark_published
+UPDATE outbox SET published_at = $2 WHERE outbox_id = ANY($1::bigint[]);
+
+-- name: outbox_unpublished_count
+SELECT count(*) FROM outbox WHERE published_at IS NULL;
+
+-- name: snapshot_counts
+SELECT (SELECT count(*) FROM user_settings) AS user_settings,
+       (SELECT count(*) FROM tasks WHERE status = 'open') AS open_tasks;
+
+-- name: snapshot_user_settings
+SELECT user_id, version, timezone, digest_time, dst_policy::text AS dst_policy
+  FROM user_settings ORDER BY user_id;
+
+-- name: snapshot_open_tasks
+SELECT task_id, user_id, version, title, status, completed_at, due_at, due_date,
+       reminders::text AS reminders, recurrence::text AS recurrence, series_id
+  FROM tasks WHERE status = 'open' ORDER BY user_id, task_id;

@@ -1,0 +1,302 @@
+"""The spawn sink: each ``task.spawn`` on ``todo.task-commands`` becomes a task row.
+
+    todo.task-commands ──(group <app>-spawnsink, read_committed)──► PostgreSQL
+                                                   tasks row + task.upserted outbox row
+                       └──► scheduler.dead-letters (malformed or rejected commands)
+
+Delivery is at-least-once from Kafka and idempotent in PostgreSQL, hence effectively once.
+A partition's batch is stored in one PostgreSQL transaction; its dead letters are then sent
+and acknowledged; only after both is the batch's offset committed to Kafka. A crash in between
+redelivers the batch, and storing it again changes nothing: the row is inserted with
+``INSERT … ON CONFLICT (series_id, occurrence_key) DO NOTHING`` (an occurrence whose instance
+was archived since counts as present), and its outbox row is written by the same statement
+only when the row is new. Every value of the row and of its event is a function of the spawn
+(``task_id`` and ``event_id`` are UUIDv5 of ``spawn_id``; ``occurred_at``, ``created_at`` and
+``updated_at`` are the spawn's ``tick_at``), so a redelivery cannot write anything different.
+Dead letters may be sent twice by such a redelivery (at-least-once).
+
+While PostgreSQL is unavailable the batch is retried with exponential backoff and full jitter,
+and nothing past it is committed. A batch PostgreSQL rejects for good (a constraint) is stored
+spawn by spawn, and the spawns it still rejects go to the dead letters with the SQLSTATE.
+
+Owns decoding spawns, the spawn → row mapping (``spawned``, pure) and the consume/store/commit
+loop. Reads no clock: no stored value depends on when the sink ran. Logs carry ids and counts,
+never titles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka.errors import KafkaError
+
+from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
+from schemas.wire import WireError, dumps, loads
+from streams import codec, kafka, logs, metrics
+from streams.errors import DatabaseError, InvalidEvent, SchedulerError
+from streams.kafka import Output, Record
+from streams.logs import fields
+from streams.planning import instant_key
+from streams.postgres import Database, SpawnedTask
+from streams.settings import Settings
+
+log = logging.getLogger("cronorch.spawnsink")
+T = TypeVar("T")
+ROLE = "spawnsink"
+# The namespace of the ids the sink derives from a spawn_id (task_id, event_id).
+_NAMESPACE = uuid.UUID("5f742d5e-4ce1-487a-9990-bfac02d0971a")
+MAX_DELAY_S = 30.0
+
+
+# --- decoding and mapping (pure) --------------------------------------------------------------
+
+
+def _known(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` without the keys TaskSpawn does not know.
+
+    TaskSpawn is strict because the worker writes it; as an input here it follows DESIGN §3:
+    readers ignore unknown fields.
+    """
+    out = {k: v for k, v in document.items() if k in TaskSpawn.model_fields}
+    for key, model in (("occurrence", Occurrence), ("template", SpawnTemplate)):
+        nested = out.get(key)
+        if isinstance(nested, dict):
+            out[key] = {k: v for k, v in nested.items() if k in model.model_fields}
+    return out
+
+
+def decode_spawn(value: bytes | None) -> TaskSpawn:
+    """A ``task.spawn`` command, or ``InvalidEvent`` with a reason that is safe to log."""
+    if value is None:
+        raise InvalidEvent("empty record value")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("invalid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidEvent("expected a JSON object")
+    kind = document.get("type")
+    if kind is None:
+        raise InvalidEvent("missing field 'type'")
+    if kind != "task.spawn":
+        shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
+        raise InvalidEvent(f"unknown command type {shown!r}")
+    try:
+        return loads(TaskSpawn, orjson.dumps(_known(document)))
+    except WireError as exc:
+        raise InvalidEvent(exc.reason) from None
+
+
+def occurrence_key(occurrence: Occurrence) -> str:
+    """The key of an occurrence in its series: the local date, or the due instant (UTC, Z).
+
+    The same key the worker's planning uses (``planning.SpawnFire.occurrence_key``).
+    """
+    if occurrence.due_date is not None:
+        return occurrence.due_date.isoformat()
+    assert occurrence.due_at is not None  # Occurrence has exactly one of them
+    return instant_key(occurrence.due_at)
+
+
+def task_id_of(spawn_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"task|{spawn_id}"))
+
+
+def event_id_of(spawn_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"task.upserted|{spawn_id}"))
+
+
+def spawned(spawn: TaskSpawn) -> SpawnedTask:
+    """The task row and task.upserted event of a spawn: version 1, open, no recurrence."""
+    task = Task(task_id=task_id_of(spawn.spawn_id), user_id=spawn.user_id, version=1,
+                title=spawn.template.title, status="open", completed_at=None,
+                due_at=spawn.occurrence.due_at, due_date=spawn.occurrence.due_date,
+                reminders=list(spawn.template.reminders), recurrence=None,
+                series_id=spawn.series_id)
+    event = TaskUpserted(type="task.upserted", event_id=event_id_of(spawn.spawn_id),
+                         occurred_at=spawn.tick_at, task=task)
+    reminders = [r.model_dump(mode="json") for r in spawn.template.reminders]
+    return SpawnedTask(
+        task_id=task.task_id, user_id=task.user_id, title=task.title, due_at=task.due_at,
+        due_date=task.due_date, reminders_json=orjson.dumps(reminders).decode(),
+        series_id=spawn.series_id, occurrence_key=occurrence_key(spawn.occurrence),
+        created_at=spawn.tick_at, event_json=dumps(event).decode())
+
+
+# --- the sink ---------------------------------------------------------------------------------
+
+
+class SpawnSink:
+    """Stores batches of task-commands records; IO through ``db`` and ``producer``."""
+
+    def __init__(self, settings: Settings, db: Database, producer: Any, *,
+                 rng: random.Random | None = None, base_delay_s: float = 0.5) -> None:
+        self.settings = settings
+        self.base_delay_s = base_delay_s
+        self.db = db
+        self.producer = producer
+        self.rng = rng or random.Random()
+        self.counts: Counter[str] = Counter()
+
+    async def store(self, records: list[Record], stop: asyncio.Event) -> bool:
+        """Store one partition's batch and send its dead letters; False if stopped first.
+
+        True means the batch's offset may be committed.
+        """
+        accepted: list[tuple[Record, SpawnedTask]] = []
+        letters: list[Output] = []
+        for record in records:
+            try:
+                accepted.append((record, spawned(decode_spawn(record.value))))
+            except InvalidEvent as exc:
+                letters.append(self._dead_letter(record, exc.reason))
+        if accepted:
+            try:
+                new = await self._retrying(
+                    functools.partial(self.db.insert_spawned, [t for _, t in accepted]), stop)
+            except DatabaseError as exc:
+                log.warning("batch rejected by PostgreSQL: storing spawn by spawn", extra=fields(
+                    sqlstate=exc.sqlstate, records=len(accepted)))
+                new = await self._one_by_one(accepted, letters, stop)
+            if new is None:
+                return False
+            inserted = sum(new)
+            self.counts["inserted"] += inserted
+            self.counts["duplicates"] += len(new) - inserted
+            metrics.SPAWNS.labels("inserted").inc(inserted)
+            metrics.SPAWNS.labels("duplicate").inc(len(new) - inserted)
+        if letters:
+            if await self._retrying(functools.partial(self._send, letters), stop) is None:
+                return False
+            self.counts["dead_letters"] += len(letters)
+            metrics.DEAD_LETTERS.labels(ROLE).inc(len(letters))
+            metrics.SPAWNS.labels("dead_letter").inc(len(letters))
+        self.counts["consumed"] += len(records)
+        return True
+
+    async def _one_by_one(self, accepted: list[tuple[Record, SpawnedTask]],
+                          letters: list[Output], stop: asyncio.Event) -> list[bool] | None:
+        new: list[bool] = []
+        for record, task in accepted:
+            try:
+                one = await self._retrying(functools.partial(self.db.insert_spawned, [task]),
+                                           stop)
+            except DatabaseError as exc:
+                letters.append(self._dead_letter(
+                    record, f"rejected by PostgreSQL (SQLSTATE {exc.sqlstate})"))
+                continue
+            if one is None:
+                return None
+            new.extend(one)
+        return new
+
+    def _dead_letter(self, record: Record, reason: str) -> Output:
+        log.warning("spawn dead-lettered", extra=fields(
+            partition=record.partition, offset=record.offset, reason=reason))
+        letter = codec.dead_letter(
+            reason, topic=record.topic, partition=record.partition, offset=record.offset,
+            key=record.key, value=record.value,
+            failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC))
+        return Output(self.settings.topics.dead_letters, record.key, codec.dumps(letter))
+
+    async def _send(self, outputs: list[Output]) -> int:
+        try:
+            await kafka.send_all(self.producer, outputs)
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+        return len(outputs)
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
+        """``op()`` retried on retriable errors with backoff and full jitter; None if stopped."""
+        delay_s = self.base_delay_s
+        started = time.monotonic()
+        while not stop.is_set():
+            try:
+                return await op()
+            except SchedulerError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("unavailable: retrying", extra=fields(
+                    error_class=type(exc).__name__, error_message=str(exc)[:300],
+                    waited_s=round(time.monotonic() - started, 1)))
+                self.counts["retries"] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.rng.uniform(0, delay_s))
+                delay_s = min(MAX_DELAY_S, delay_s * 2)
+        return None
+
+
+# --- the process ------------------------------------------------------------------------------
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """``cronorch spawn-sink``: consume task-commands until SIGTERM/SIGINT (or ``stop``)."""
+    logs.configure(settings.log_level)
+    metrics.serve(settings.metrics_port)
+    await kafka.wait_ready(settings)
+    await kafka.ensure_topics(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    db = await Database.connect(settings.database_url.get_secret_value())
+    producer = kafka.producer(settings, None)
+    consumer = kafka.consumer(settings, settings.topics.task_commands,
+                              group_id=settings.group_id(ROLE),
+                              session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
+    sink = SpawnSink(settings, db, producer)
+    started = time.monotonic()
+    try:
+        await db.migrate()
+        try:
+            await producer.start()
+            await consumer.start()
+        except KafkaError as exc:
+            raise kafka.translate(exc) from exc
+        log.info("spawn sink started", extra=fields(group=settings.group_id(ROLE)))
+        last_summary = time.monotonic()
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            for tp, msgs in batches.items():
+                records = [kafka.to_record(m) for m in msgs]
+                if not await sink.store(records, stop):
+                    return  # stopped before the batch was stored: not committed
+                try:
+                    await consumer.commit({tp: records[-1].offset + 1})
+                except KafkaError as exc:
+                    # Lost the partition in a rebalance (or the broker): its next owner
+                    # reads the batch again, and storing it again changes nothing.
+                    log.warning("offset commit failed: the batch will be redelivered",
+                                extra=fields(partition=tp.partition,
+                                             error_class=type(exc).__name__))
+            if time.monotonic() - last_summary >= 30:
+                _summary("spawn sink summary", sink, started)
+                last_summary = time.monotonic()
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+        with contextlib.suppress(KafkaError):
+            await producer.stop()
+        await db.close()
+        _summary("spawn sink stopped", sink, started)
+
+
+def _summary(event: str, sink: SpawnSink, started: float) -> None:
+    c = sink.counts
+    log.info(event, extra=fields(
+        consumed=c["consumed"], inserted=c["inserted"], duplicates=c["duplicates"],
+        dead_letters=c["dead_letters"], retries=c["retries"],
+        duration_s=round(time.monotonic() - started, 3)))

@@ -1,0 +1,108 @@
+"""The spawn sink's store step without sockets: retries while PostgreSQL is unavailable,
+stops without claiming success, and dead-letters what PostgreSQL rejects for good."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas import DeadLetter, Occurrence, SpawnTemplate, TaskSpawn, dumps, loads
+from streams.errors import DatabaseError, DatabaseUnavailable
+from streams.kafka import Record
+from streams.postgres import SpawnedTask
+from streams.spawnsink import SpawnSink, decode_spawn, spawned
+from tests.support import settings_for
+
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def _record(offset: int, value: bytes) -> Record:
+    return Record("t.todo.task-commands", 0, offset, b"u1", value, 1_772_409_600_000)
+
+
+def _spawn(n: int) -> bytes:
+    return dumps(TaskSpawn(spawn_id=f"s-{n}", user_id="u1", series_id="series",
+                           occurrence=Occurrence(due_at=T0.replace(hour=n)), fire_at=T0,
+                           tick_at=T0, late=False,
+                           template=SpawnTemplate(title="t", reminders=[])))
+
+
+class FakeDb:
+    def __init__(self, failures: int = 0, reject: set[str] | None = None) -> None:
+        self.failures = failures
+        self.reject = reject or set()
+        self.stored: dict[str, SpawnedTask] = {}
+        self.calls = 0
+
+    async def insert_spawned(self, tasks: Sequence[SpawnedTask]) -> list[bool]:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseUnavailable("connection refused")
+        if any(t.occurrence_key in self.reject for t in tasks):
+            raise DatabaseError("violates check constraint", "23514")
+        out = []
+        for t in tasks:
+            out.append(t.occurrence_key not in self.stored)
+            self.stored.setdefault(t.occurrence_key, t)
+        return out
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes | None,
+                   partition: int | None) -> asyncio.Future[Any]:
+        self.sent.append((topic, key, value))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _sink(db: FakeDb, producer: FakeProducer) -> SpawnSink:
+    return SpawnSink(settings_for("unit"), db, producer,  # type: ignore[arg-type]
+                     rng=random.Random(1), base_delay_s=0.01)
+
+
+def test_unavailable_database_is_retried_until_the_batch_is_stored() -> None:
+    db, producer = FakeDb(failures=3), FakeProducer()
+    sink = _sink(db, producer)
+    records = [_record(0, _spawn(1)), _record(1, _spawn(2)), _record(2, _spawn(1))]
+    assert asyncio.run(sink.store(records, asyncio.Event())) is True
+    assert db.calls == 4 and sink.counts["retries"] == 3
+    assert sink.counts["inserted"] == 2 and sink.counts["duplicates"] == 1
+    assert producer.sent == []
+
+
+def test_stopping_while_the_database_is_away_reports_the_batch_unstored() -> None:
+    async def go() -> bool:
+        stop = asyncio.Event()
+        sink = _sink(FakeDb(failures=10**6), FakeProducer())
+        asyncio.get_running_loop().call_later(0.1, stop.set)
+        return await sink.store([_record(0, _spawn(1))], stop)
+
+    assert asyncio.run(go()) is False
+
+
+def test_rejected_and_malformed_spawns_become_dead_letters() -> None:
+    rejected = decode_spawn(_spawn(2))
+    db = FakeDb(reject={spawned(rejected).occurrence_key})
+    producer = FakeProducer()
+    sink = _sink(db, producer)
+    records = [_record(0, _spawn(1)), _record(1, _spawn(2)), _record(2, b"[]")]
+    assert asyncio.run(sink.store(records, asyncio.Event())) is True
+    assert list(db.stored) == [spawned(decode_spawn(_spawn(1))).occurrence_key]
+    letters = [loads(DeadLetter, value or b"") for _, _, value in producer.sent]
+    assert sorted((d.source_offset, d.reason) for d in letters) == [
+        (1, "rejected by PostgreSQL (SQLSTATE 23514)"), (2, "expected a JSON object")]
+    assert {topic for topic, _, _ in producer.sent} == {"unit.scheduler.dead-letters"}
+
+
+def test_spawn_ids_are_deterministic() -> None:
+    a, b = spawned(decode_spawn(_spawn(1))), spawned(decode_spawn(_spawn(1)))
+    assert a == b
+    assert a.task_id != spawned(decode_spawn(_spawn(2))).task_id
