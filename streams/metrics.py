@@ -24,6 +24,21 @@ TICKS = Counter("cronorch_ticks_published_total", "Ticks published by the tick p
 TICK_LAG = Gauge("cronorch_tick_lag_seconds", "Wall clock minus the last published tick")
 
 
+def declare_series() -> None:
+    """Create the known label values at zero, so that ``increase()`` sees the first event."""
+    for kind in ("reminder.due", "digest.daily", "task.spawn"):
+        NOTIFICATIONS.labels(kind)
+    for kind in ("reminder.due", "digest.daily"):
+        MISSED.labels(kind)
+    for role in ("rekeyer", "timeline"):
+        DEAD_LETTERS.labels(role)
+        RECORDS.labels(role)
+        for outcome in ("committed", "aborted"):
+            TRANSACTIONS.labels(role, outcome)
+    for outcome in ("applied", "stale"):
+        EVENTS.labels(outcome)
+
+
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0 disables)."""
     if port:

@@ -64,9 +64,12 @@ async def last_tick(settings: Settings) -> datetime | None:
 
 
 class TickPublisher:
-    def __init__(self, settings: Settings) -> None:
+    """Publishes batches of ticks transactionally; ``role`` names the transactional id, so a
+    range run (``tick-range``) never fences the live producer (``tick``) and vice versa."""
+
+    def __init__(self, settings: Settings, role: str = "tick") -> None:
         self.settings = settings
-        self.producer = kafka.producer(settings, settings.transactional_id("tick"))
+        self.producer = kafka.producer(settings, settings.transactional_id(role))
         self.partitions = 0
 
     async def start(self) -> None:
@@ -98,7 +101,7 @@ class TickPublisher:
 
 async def publish_range(settings: Settings, start: datetime, end: datetime, step_s: int) -> int:
     """Publish ticks start, start+step, … ≤ end; return how many."""
-    publisher = TickPublisher(settings)
+    publisher = TickPublisher(settings, "tick-range")
     await publisher.start()
     count = 0
     try:

@@ -102,6 +102,9 @@ class TimelineAgent:
 
     def revoke(self, partition: int) -> None:
         self.states.pop(partition, None)
+        # The new owner reports this partition's watermark from now on.
+        with contextlib.suppress(KeyError):
+            metrics.WATERMARK.remove(str(partition))
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
         state = self.states[partition]
@@ -143,6 +146,7 @@ class TimelineAgent:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit."""
     logs.configure(settings.log_level)
+    metrics.declare_series()
     metrics.serve(settings.metrics_port)
     await kafka.wait_ready(settings)
     await kafka.ensure_topics(settings)
