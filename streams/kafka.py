@@ -148,15 +148,11 @@ def producer(settings: Settings, transactional_id: str | None) -> AIOKafkaProduc
 
 def consumer(settings: Settings, *topics: str, group_id: str | None,
              **kwargs: Any) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=group_id,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **kwargs,
-    )
+    """A ``read_committed`` consumer without auto-commit; ``kwargs`` override the defaults."""
+    options: dict[str, Any] = {"isolation_level": "read_committed", "enable_auto_commit": False,
+                               "auto_offset_reset": "earliest", **kwargs}
+    return AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap_servers,
+                            group_id=group_id, **options)
 
 
 def to_record(msg: Any) -> Record:
