@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,7 +34,7 @@ from aiokafka.errors import KafkaError
 
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
-from streams import codec, jobs, kafka, logs, metrics
+from streams import codec, jobs, kafka, lifecycle, metrics
 from streams.engine import Processor
 from streams.errors import DatabaseUnavailable, InvalidEvent, SchedulerError, TransientError
 from streams.jobs import Disposition, Outcome, OverlapAction
@@ -419,15 +418,7 @@ async def run_manual(settings: Settings, registry: Registry, name: str, *,
 async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | None = None,
               clock: Clock = lambda: datetime.now(UTC)) -> None:
     """``cronorch job-runner``: the trigger agent and the runner until SIGTERM/SIGINT."""
-    logs.configure(settings.log_level)
-    metrics.serve(settings.metrics_port)
-    await kafka.wait_ready(settings)
-    await kafka.ensure_topics(settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = await lifecycle.start(settings, stop)
     db = await Database.connect(settings.database_url.get_secret_value())
     producer, emit = await _emitter(settings)
     runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from streams import kafka, logs, metrics
+from streams import kafka, lifecycle, metrics
 from streams.errors import SchedulerError
 from streams.kafka import Output
 from streams.logs import fields
@@ -161,15 +160,7 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
               listen: bool = True, stop: asyncio.Event | None = None,
               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
     """``cronorch relay``: publish the outbox until SIGTERM/SIGINT (or ``stop``)."""
-    logs.configure(settings.log_level)
-    metrics.serve(settings.metrics_port)
-    await kafka.wait_ready(settings)
-    await kafka.ensure_topics(settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = await lifecycle.start(settings, stop)
     db = await Database.connect(settings.database_url.get_secret_value())
     producer = kafka.producer(settings, None)
     relay = Relay(settings, db, producer, clock=clock, batch_size=batch_size)

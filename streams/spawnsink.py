@@ -31,7 +31,6 @@ import contextlib
 import functools
 import logging
 import random
-import signal
 import time
 import uuid
 from collections import Counter
@@ -44,7 +43,7 @@ from aiokafka.errors import KafkaError
 
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
 from schemas.wire import WireError, dumps, loads
-from streams import codec, kafka, logs, metrics
+from streams import codec, kafka, lifecycle, metrics
 from streams.errors import DatabaseError, InvalidEvent, SchedulerError
 from streams.kafka import Output, Record
 from streams.logs import fields
@@ -243,15 +242,7 @@ class SpawnSink:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """``cronorch spawn-sink``: consume task-commands until SIGTERM/SIGINT (or ``stop``)."""
-    logs.configure(settings.log_level)
-    metrics.serve(settings.metrics_port)
-    await kafka.wait_ready(settings)
-    await kafka.ensure_topics(settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = await lifecycle.start(settings, stop)
     db = await Database.connect(settings.database_url.get_secret_value())
     producer = kafka.producer(settings, None)
     consumer = kafka.consumer(settings, settings.topics.task_commands,

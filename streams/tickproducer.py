@@ -19,14 +19,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from streams import codec, kafka, logs, metrics
+from streams import codec, kafka, lifecycle, metrics
 from streams.errors import Fenced
 from streams.kafka import Output, TopicPartition
 from streams.logs import fields
@@ -161,14 +160,7 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]
 async def run_live(settings: Settings, step_s: int, *,
                    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                    stop: asyncio.Event | None = None) -> None:
-    logs.configure(settings.log_level)
-    metrics.serve(settings.metrics_port)
-    await kafka.wait_ready(settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = await lifecycle.start(settings, stop, ensure_topics=False)
     lease = Lease(settings)
     await lease.start()
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from aiokafka.partitioner import murmur2
 
 from schemas import TaskSpawn, Tick
-from streams import codec, kafka, logs, metrics
+from streams import codec, kafka, lifecycle, metrics
 from streams.engine import Processor
 from streams.errors import InvalidEvent
 from streams.kafka import Output, Record
@@ -145,16 +144,7 @@ class TimelineAgent:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit."""
-    logs.configure(settings.log_level)
-    metrics.declare_series()
-    metrics.serve(settings.metrics_port)
-    await kafka.wait_ready(settings)
-    await kafka.ensure_topics(settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = await lifecycle.start(settings, stop)
     partitions = await kafka.partition_count(settings, settings.topics.timeline)
     rekeyer = Rekeyer(settings, partitions)
     agent = TimelineAgent(settings)
