@@ -8,6 +8,9 @@ original bytes. No Kafka or PostgreSQL client here.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
+
+from pydantic import TypeAdapter
 
 from schemas import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER, DeadLetter, Tick, TimelineRecord
 from schemas.events import TaskEvent
@@ -16,24 +19,26 @@ from streams.errors import InvalidEvent
 
 __all__ = ["dead_letter", "decode_task_event", "decode_timeline", "dumps"]
 
+T = TypeVar("T")
+
+
+def _decode(adapter: TypeAdapter[T], value: bytes | None) -> T:
+    if value is None:
+        raise InvalidEvent("empty record value")
+    try:
+        return loads(adapter, value)
+    except WireError as exc:
+        raise InvalidEvent(str(exc)) from None
+
 
 def decode_timeline(value: bytes | None) -> TimelineRecord:
     """A timeline record: a tick or a re-keyed task event."""
-    if value is None:
-        raise InvalidEvent("empty record value")
-    try:
-        return loads(TIMELINE_ADAPTER, value)
-    except WireError as exc:
-        raise InvalidEvent(str(exc)) from None
+    return _decode(TIMELINE_ADAPTER, value)
 
 
 def decode_task_event(value: bytes | None) -> TaskEvent:
-    if value is None:
-        raise InvalidEvent("empty record value")
-    try:
-        return loads(TASK_EVENT_ADAPTER, value)
-    except WireError as exc:
-        raise InvalidEvent(str(exc)) from None
+    """A record of todo.task-events."""
+    return _decode(TASK_EVENT_ADAPTER, value)
 
 
 def encode_tick(tick_at: datetime) -> bytes:
