@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The cronorch image: one image for every process (`cronorch worker`, `cronorch tick`,
-# `cronorch job-runner`, `cronorch migrate`, `cronorch topics ensure`); the Helm chart in
-# deploy/helm/cronorch picks the command per Deployment.
+# `cronorch job-runner`, `cronorch spawn-sink`, `cronorch relay`, `cronorch migrate`,
+# `cronorch topics ensure`); the Helm chart in deploy/helm/cronorch picks the command per
+# Deployment.
 #
 # NOT BUILT IN CI: the development machines and CI have no container engine. What CI does check
 # (tests/unit/test_deploy.py) is that this file agrees with the repository: the Python version
@@ -38,7 +39,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app
 USER 10001:10001
-# Settings.metrics_port (METRICS_PORT): Prometheus /metrics of worker, tick and job-runner.
+# Settings.metrics_port (METRICS_PORT): Prometheus /metrics of every long-running process.
 EXPOSE 9108
 ENTRYPOINT ["cronorch"]
 CMD ["--help"]

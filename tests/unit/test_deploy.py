@@ -223,3 +223,44 @@ def test_operations_doc_lists_every_metric() -> None:
         if isinstance(value, MetricWrapperBase):
             name = value._name + ("_total" if value._type == "counter" else "")
             assert name in listed, f"{name} is missing from docs/operations.md"
+
+
+# component label → (values section, command); the Deployments are checked in test_helm.py.
+COMPONENTS = {"worker": ("worker", "cronorch worker"), "tick": ("tick", "cronorch tick"),
+              "job-runner": ("jobRunner", "cronorch job-runner"),
+              "spawn-sink": ("spawnSink", "cronorch spawn-sink"),
+              "relay": ("relay", "cronorch relay")}
+
+
+def test_every_component_has_a_values_section_like_tick() -> None:
+    values = _values()
+    pod_keys = set(values["tick"])
+    sections = {key for key, section in values.items()
+                if isinstance(section, dict) and "terminationGracePeriodSeconds" in section}
+    assert sections == {key for key, _ in COMPONENTS.values()}
+    for key in sections:
+        assert set(values[key]) >= pod_keys, key
+    assert values["spawnSink"]["enabled"] is True and values["relay"]["enabled"] is True
+    assert values["relay"]["pollIntervalS"] == 1.0
+    assert isinstance(values["relay"]["pollIntervalS"], float)
+
+
+def test_operations_doc_lists_every_component() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    table = doc.split("## Deploying", 1)[0]
+    for name, (key, command) in COMPONENTS.items():
+        assert re.search(rf"^\| [a-z ]+ \| `{re.escape(command)}[ `]", table, re.MULTILINE), name
+        assert re.search(rf"^\| `{key}\.", doc, re.MULTILINE), f"values row of {key}"
+        assert f"`{name}`" in doc.split("**Scraping.**", 1)[1].split("\n\n", 1)[0], name
+    per_component = re.search(r"^\| `<component>\.resources`.*per component \(([^)]*)\)", doc,
+                              re.MULTILINE)
+    assert per_component
+    assert set(re.findall(r"`(\w+)`", per_component.group(1))) == {
+        key for key, _ in COMPONENTS.values()}
+
+
+def test_operations_doc_lists_every_alert() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    listed = re.findall(r"^\| `(Cronorch\w+)` \|", doc, re.MULTILINE)
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert sorted(listed) == sorted(r["alert"] for g in alerts["groups"] for r in g["rules"])

@@ -30,7 +30,12 @@ SCENARIOS = {
 }
 ENV_NAMES = set(ENV.values()) | {f"TOPIC_{field.upper()}" for field in Topics.model_fields}
 DEPLOYMENTS = {"worker": ["worker"], "tick": ["tick"],
-               "job-runner": ["job-runner", "--registry", "/etc/cronorch/jobs.yaml"]}
+               "job-runner": ["job-runner", "--registry", "/etc/cronorch/jobs.yaml"],
+               "spawn-sink": ["spawn-sink"], "relay": ["relay", "--poll-interval-s", "1"]}
+# component label → its section of values.yaml
+VALUES_KEYS = {"worker": "worker", "tick": "tick", "job-runner": "jobRunner",
+               "spawn-sink": "spawnSink", "relay": "relay"}
+OPTIONAL = ("job-runner", "spawn-sink", "relay")  # those with `enabled`
 
 
 @cache
@@ -145,18 +150,65 @@ def test_an_existing_secret_replaces_the_chart_secret() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_each_process_is_its_own_deployment(scenario: str) -> None:
     deployments = {component(d): d for d in of_kind(render(scenario), "Deployment")}
-    expected = dict(DEPLOYMENTS)
-    if not values(scenario)["jobRunner"]["enabled"]:
-        expected.pop("job-runner")
+    expected = {name: args for name, args in DEPLOYMENTS.items()
+                if values(scenario)[VALUES_KEYS[name]].get("enabled", True)}
     assert set(deployments) == set(expected)
     for name, args in expected.items():
         spec = deployments[name]["spec"]
         (container,) = spec["template"]["spec"]["containers"]
         assert container["args"] == args
-        assert spec["replicas"] == values(scenario)[
-            {"job-runner": "jobRunner"}.get(name, name)]["replicas"]
+        assert spec["replicas"] == values(scenario)[VALUES_KEYS[name]]["replicas"]
+        assert container["name"] == name
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"][
             "labels"].items()
+
+
+def test_every_component_is_a_values_section_with_the_same_pod_settings() -> None:
+    assert set(VALUES_KEYS) == set(DEPLOYMENTS)
+    config = values("default")
+    keys = set(config["tick"])
+    for name, key in VALUES_KEYS.items():
+        section = config[key]
+        extra = {"enabled"} if name in OPTIONAL else set()
+        extra |= {"pollIntervalS"} if name == "relay" else set()
+        assert set(section) == keys | extra, name
+        assert section.get("enabled", True) is True, name  # every component on by default
+
+
+@pytest.mark.parametrize("name", OPTIONAL)
+def test_an_optional_component_can_be_disabled(name: str) -> None:
+    docs = render("default", "--set", f"{VALUES_KEYS[name]}.enabled=false")
+    assert name not in {component(d) for d in of_kind(docs, "Deployment")}
+    assert {component(d) for d in of_kind(docs, "Deployment")} == set(DEPLOYMENTS) - {name}
+
+
+@pytest.mark.parametrize("interval", ["0.25", "3", "1.5"])
+def test_relay_poll_interval_is_passed_to_the_cli(interval: str) -> None:
+    from streams.cli import _parser
+
+    docs = render("default", "--set", f"relay.pollIntervalS={interval}")
+    relay = next(d for d in of_kind(docs, "Deployment") if component(d) == "relay")
+    (container,) = relay["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["relay", "--poll-interval-s"]
+    assert _parser().parse_args(container["args"]).poll_interval_s == float(interval)
+
+
+@pytest.mark.parametrize("interval", ["0", "-1"])
+def test_a_non_positive_relay_poll_interval_is_refused(interval: str) -> None:
+    proc = run_helm("template", "rel", str(CHART), "--set", f"relay.pollIntervalS={interval}")
+    assert proc.returncode != 0
+    assert "relay.pollIntervalS" in proc.stderr and "must be positive" in proc.stderr
+
+
+def test_the_tasks_side_gets_the_database_and_kafka_settings() -> None:
+    # spawn-sink and relay talk to both PostgreSQL and Kafka, like the worker: the same env.
+    docs = {component(d): d for d in of_kind(render("default"), "Deployment")}
+    env_of = {name: docs[name]["spec"]["template"]["spec"]["containers"][0]["env"]
+              for name in ("worker", "spawn-sink", "relay")}
+    assert env_of["spawn-sink"] == env_of["worker"] == env_of["relay"]
+    names = {e["name"] for e in env_of["relay"]}
+    assert {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "TOPIC_TASK_COMMANDS",
+            "TOPIC_TASK_EVENTS"} <= names
 
 
 @pytest.mark.parametrize("scenario", ["default", "monitoring"])

@@ -23,7 +23,11 @@ RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 REQUIRED = {"CronorchWorkerDown", "CronorchTickLagHigh", "CronorchTransactionAborts",
             "CronorchDeadLettersRising", "CronorchFiresMissed", "CronorchJobFailed",
-            "CronorchWatermarkStalled"}
+            "CronorchWatermarkStalled", "CronorchSpawnSinkDown", "CronorchRelayDown"}
+# Every process of the chart has its "down" alert (component label → alert).
+DOWN = {"worker": "CronorchWorkerDown", "tick": "CronorchTickProducerDown",
+        "job-runner": "CronorchJobRunnerDown", "spawn-sink": "CronorchSpawnSinkDown",
+        "relay": "CronorchRelayDown"}
 SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
             "histogram": ("_bucket", "_sum", "_count", "_created"),
             "summary": ("", "_sum", "_count", "_created")}
@@ -93,6 +97,30 @@ def test_the_required_alerts_exist_with_severity_and_summary() -> None:
         assert rule["annotations"]["summary"], rule["alert"]
     lag = next(rule for rule in rules() if rule["alert"] == "CronorchTickLagHigh")
     assert "cronorch_tick_lag_seconds" in lag["expr"]
+
+
+def test_every_component_has_a_down_alert_on_its_up_series() -> None:
+    by_name = {rule["alert"]: rule for rule in rules()}
+    for name, alert in DOWN.items():
+        rule = by_name[alert]
+        assert rule["expr"] == f'absent(up{{component="{name}"}} == 1)', alert
+        assert rule["labels"]["component"] == name, alert
+    assert {r["labels"]["component"] for r in rules() if "component" in r["labels"]} == set(DOWN)
+    # The header comment lists the component values the rules use.
+    header = RULES.read_text().split("\ngroups:", 1)[0]
+    listed = re.search(r"`component` label \(([^)]*)\)", header)
+    assert listed and {p.strip() for p in listed.group(1).split("|")} == set(DOWN)
+
+
+def test_promtool_unit_tests_catch_a_changed_down_duration(tmp_path: Path) -> None:
+    text = RULES.read_text()
+    old = 'absent(up{component="spawn-sink"} == 1)\n        for: 10m'
+    assert old in text
+    (tmp_path / "alerts.yml").write_text(text.replace(old, old.replace("10m", "15m")))
+    shutil.copy(RULE_TESTS, tmp_path / "alerts_test.yml")
+    proc = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "CronorchSpawnSinkDown" in proc.stdout + proc.stderr
 
 
 def test_rules_name_only_metrics_and_labels_that_exist() -> None:

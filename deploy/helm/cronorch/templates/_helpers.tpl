@@ -89,7 +89,7 @@ are not printed in float notation.
 {{/*
 A Deployment of one component. Arguments: dict with
   root      the chart's top-level context
-  component worker | tick | job-runner (the app.kubernetes.io/component label)
+  component worker | tick | job-runner | spawn-sink | relay (the app.kubernetes.io/component label)
   spec      the component's values (replicas, resources, ...)
   args      the arguments after the `cronorch` entrypoint
   registry  true to mount the job registry ConfigMap at /etc/cronorch
