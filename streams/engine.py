@@ -25,12 +25,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from streams import kafka, metrics
+from streams import codec, kafka, metrics
 from streams.errors import BrokerUnavailable, Fenced
 from streams.kafka import Output, Record, TopicPartition
 from streams.logs import fields
@@ -49,6 +50,17 @@ class PartitionHandler(Protocol):
     def revoke(self, partition: int) -> None: ...
 
     def process(self, partition: int, records: list[Record]) -> list[Output]: ...
+
+
+def dead_letter(settings: Settings, record: Record, reason: str) -> Output:
+    """The dead letter of ``record`` (original bytes, where it came from, why), dated by the
+    record's broker timestamp so that a replay writes the same letter."""
+    letter = codec.dead_letter(
+        reason, topic=record.topic, partition=record.partition, offset=record.offset,
+        key=record.key, value=record.value,
+        failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
+    )
+    return Output(settings.topics.dead_letters, record.key, codec.dumps(letter))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
 from streams import codec, jobs, kafka, lifecycle, metrics
-from streams.engine import Processor
+from streams.engine import Processor, dead_letter
 from streams.errors import DatabaseUnavailable, InvalidEvent, SchedulerError, TransientError
 from streams.jobs import Disposition, Outcome, OverlapAction
 from streams.kafka import Output, Record
@@ -74,25 +74,28 @@ class TriggerAgent:
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
         ticks: list[datetime] = []
+        letters: list[Output] = []
         for record in records:
             try:
                 item = codec.decode_timeline(record.value)
             except InvalidEvent as exc:
-                log.warning("bad tick ignored", extra=fields(offset=record.offset,
-                                                             reason=exc.reason))
+                letters.append(dead_letter(self.settings, record, exc.reason))
                 continue
             if isinstance(item, Tick):
                 ticks.append(item.tick_at)
+            else:
+                letters.append(dead_letter(self.settings, record,
+                                           f"expected a tick, got '{item.type}'"))
         if not ticks:
-            return []
+            return letters
         newest = max(ticks)
         # After an assignment the previous tick is the one before the first read: the ticks
         # lie on a grid of tick_interval_s (the tick producer fills its own gaps).
         previous = self.watermark or min(ticks) - timedelta(seconds=self.settings.tick_interval_s)
         if newest <= previous:
-            return []
+            return letters
         self.watermark = newest
-        return decide(self.settings, self.registry, previous, newest)
+        return letters + decide(self.settings, self.registry, previous, newest)
 
 
 def decide(settings: Settings, registry: Registry, previous: datetime,

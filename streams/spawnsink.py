@@ -35,7 +35,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -43,7 +42,8 @@ from aiokafka.errors import KafkaError
 
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
 from schemas.wire import WireError, dumps, loads
-from streams import codec, kafka, lifecycle, metrics
+from streams import kafka, lifecycle, metrics
+from streams.engine import dead_letter
 from streams.errors import DatabaseError, InvalidEvent, SchedulerError
 from streams.kafka import Output, Record
 from streams.logs import fields
@@ -204,11 +204,7 @@ class SpawnSink:
     def _dead_letter(self, record: Record, reason: str) -> Output:
         log.warning("spawn dead-lettered", extra=fields(
             partition=record.partition, offset=record.offset, reason=reason))
-        letter = codec.dead_letter(
-            reason, topic=record.topic, partition=record.partition, offset=record.offset,
-            key=record.key, value=record.value,
-            failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC))
-        return Output(self.settings.topics.dead_letters, record.key, codec.dumps(letter))
+        return dead_letter(self.settings, record, reason)
 
     async def _send(self, outputs: list[Output]) -> int:
         try:

@@ -20,13 +20,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from aiokafka.partitioner import murmur2
 
 from schemas import TaskSpawn, Tick
 from streams import codec, kafka, lifecycle, metrics
-from streams.engine import Processor
+from streams.engine import Processor, dead_letter
 from streams.errors import InvalidEvent
 from streams.kafka import Output, Record
 from streams.logs import fields
@@ -39,15 +38,6 @@ log = logging.getLogger("cronorch.worker")
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, positive)."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def _dead_letter(settings: Settings, record: Record, reason: str) -> Output:
-    letter = codec.dead_letter(
-        reason, topic=record.topic, partition=record.partition, offset=record.offset,
-        key=record.key, value=record.value,
-        failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
-    )
-    return Output(settings.topics.dead_letters, record.key, codec.dumps(letter))
 
 
 class Rekeyer:
@@ -71,7 +61,7 @@ class Rekeyer:
             try:
                 event = codec.decode_task_event(record.value)
             except InvalidEvent as exc:
-                outputs.append(_dead_letter(self.settings, record, exc.reason))
+                outputs.append(dead_letter(self.settings, record, exc.reason))
                 self.counts["dead_letters"] += 1
                 metrics.DEAD_LETTERS.labels("rekeyer").inc()
                 continue
@@ -113,7 +103,7 @@ class TimelineAgent:
             try:
                 item = codec.decode_timeline(record.value)
             except InvalidEvent as exc:
-                outputs.append(_dead_letter(self.settings, record, exc.reason))
+                outputs.append(dead_letter(self.settings, record, exc.reason))
                 effects.counts["dead_letters"] += 1
                 metrics.DEAD_LETTERS.labels("timeline").inc()
                 continue

@@ -158,3 +158,21 @@ def test_purge_by_retention_on_the_twin() -> None:
     outcome = asyncio.run(jobs.run_kind(job, store, T0, 1, _no_sleep))
     assert outcome.affected == 35 + 1 + 1  # archived more than 365 days ago: 400 - i > 365
     assert set(store.job_runs) == {"new"} and not store.dead_letters
+
+
+def test_trigger_agent_dead_letters_what_is_not_a_tick() -> None:
+    from streams import registry as registry_module
+    from streams.codec import encode_tick
+    from streams.jobrunner import TriggerAgent
+    from streams.kafka import Record
+    from streams.settings import Settings
+
+    settings = Settings()
+    agent = TriggerAgent(settings, registry_module.load("deploy/jobs.yaml"))
+    at = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+    records = [Record("scheduler.ticks", 0, 0, None, b"\x00junk", 0),
+               Record("scheduler.ticks", 0, 1, None, encode_tick(at), 0),
+               Record("scheduler.ticks", 0, 2, b"u", b'{"type": "tick"}', 0)]
+    outputs = agent.process(0, records)
+    letters = [o for o in outputs if o.topic == settings.topics.dead_letters]
+    assert len(letters) == 2 and letters[1].key == b"u"
