@@ -24,6 +24,7 @@ from pathlib import Path
 from streams.errors import InfrastructureError
 
 KAFKA_VERSION = "4.4.0"
+_DETACHED: list[subprocess.Popen[bytes]] = []
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -187,14 +188,14 @@ def start_kafka(stack: Stack) -> float:
             raise InfrastructureError(f"formatting Kafka storage failed:\n{proc.stderr[-2000:]}")
     with resources.as_file(
         resources.files("streams") / "resources" / "kafka" / "log4j2.properties"
-    ) as log4j:
-        log = (stack.kafka_dir / "kafka.log").open("ab")
+    ) as log4j, (stack.kafka_dir / "kafka.log").open("ab") as log:
         proc_ = subprocess.Popen(
             [*java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
              "kafka.Kafka", str(props)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _DETACHED.append(proc_)  # the broker outlives this call (and usually this process)
     pidfile.write_text(str(proc_.pid))
     try:
         return _wait("Kafka", lambda: _port_open(stack.kafka_port), 90,
@@ -321,6 +322,8 @@ def stop_kafka(stack: Stack, *, sig: int = signal.SIGTERM, timeout_s: float = 30
     os.kill(pid, sig)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and _pid_alive(pidfile):
+        for child in _DETACHED:  # a broker this process started is reaped, not left a zombie
+            child.poll()
         time.sleep(0.1)
     if _pid_alive(pidfile):
         os.kill(pid, signal.SIGKILL)

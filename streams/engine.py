@@ -12,6 +12,9 @@ a revoke never aborts open transactions, and the send buffer is not drained befo
 commit (faust-streaming issues #177, #517, #323). tests/acceptance/test_faust_eos.py shows
 the duplicates it produces under SIGKILL; docs/exactly-once.md explains the design.
 
+Transient failures (a broker restart, a timeout) reset p after an exponential backoff with
+full jitter (0.5 s doubling to 10 s), so a broker outage is waited out instead of spun on.
+
 Fencing: starting p's producer (InitProducerId) aborts whatever a previous owner — crashed
 or a zombie — left open on p and fences it, before p's state is restored from the
 changelog and its committed offset is read. Any failure inside a transaction resets p:
@@ -23,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -33,11 +38,14 @@ from aiokafka.errors import KafkaError
 
 from streams import codec, kafka, metrics
 from streams.errors import BrokerUnavailable, Fenced
+from streams.jobs import backoff_cap_s
 from streams.kafka import Output, Record, TopicPartition
 from streams.logs import fields
+from streams.registry import Retries
 from streams.settings import Settings
 
 log = logging.getLogger("cronorch.engine")
+RESET_BACKOFF = Retries(max_attempts=1_000_000, base_delay_s=0.5, max_delay_s=10.0)
 
 
 class PartitionHandler(Protocol):
@@ -89,6 +97,8 @@ class Processor:
         self.next_offset: dict[int, int] = {}
         self.lock = asyncio.Lock()
         self.batches = 0
+        self.failures: Counter[int] = Counter()  # consecutive failed batches per partition
+        self.rng = random.Random()
 
     # --- ownership ---------------------------------------------------------------------
 
@@ -134,8 +144,12 @@ class Processor:
 
     async def _reset(self, p: int, reason: BaseException) -> None:
         """Throw away p's uncommitted work and start p again from its committed offset."""
-        log.warning("partition reset", exc_info=reason,
-                    extra=fields(role=self.role, partition=p))
+        self.failures[p] += 1
+        delay_s = self.rng.uniform(0, backoff_cap_s(RESET_BACKOFF, self.failures[p]))
+        log.warning("partition reset", exc_info=reason, extra=fields(
+            role=self.role, partition=p, attempt=self.failures[p],
+            backoff_s=round(delay_s, 3)))
+        await asyncio.sleep(delay_s)
         producer = self.producers.get(p)
         if producer is not None:
             with contextlib.suppress(Exception):
@@ -194,6 +208,7 @@ class Processor:
             await self._reset(p, exc)
             return
         self.next_offset[p] = records[-1].offset + 1
+        self.failures.pop(p, None)
         self.batches += 1
         metrics.RECORDS.labels(self.role).inc(len(records))
         metrics.TRANSACTIONS.labels(self.role, "committed").inc()
