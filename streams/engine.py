@@ -143,25 +143,32 @@ class Processor:
                 log.warning("producer stop failed", extra=fields(role=self.role, partition=p))
 
     async def _reset(self, p: int, reason: BaseException) -> None:
-        """Throw away p's uncommitted work and start p again from its committed offset."""
-        self.failures[p] += 1
-        delay_s = self.rng.uniform(0, backoff_cap_s(RESET_BACKOFF, self.failures[p]))
-        log.warning("partition reset", exc_info=reason, extra=fields(
-            role=self.role, partition=p, attempt=self.failures[p],
-            backoff_s=round(delay_s, 3)))
-        await asyncio.sleep(delay_s)
+        """Throw away p's uncommitted work and start p again from its committed offset,
+        retrying with backoff until the broker lets us."""
         producer = self.producers.get(p)
         if producer is not None:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
         await self._close(p)
-        await self._open(p)
-        tp = TopicPartition(self.source_topic, p)
-        committed = await self.consumer.committed(tp)
-        if committed is None:
-            await self.consumer.seek_to_beginning(tp)
-        else:
-            self.consumer.seek(tp, committed)
+        while True:
+            self.failures[p] += 1
+            delay_s = self.rng.uniform(0, backoff_cap_s(RESET_BACKOFF, self.failures[p]))
+            log.warning("partition reset", exc_info=reason, extra=fields(
+                role=self.role, partition=p, attempt=self.failures[p],
+                backoff_s=round(delay_s, 3)))
+            await asyncio.sleep(delay_s)
+            try:
+                await self._open(p)
+                tp = TopicPartition(self.source_topic, p)
+                committed = await self.consumer.committed(tp)
+                if committed is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+                return
+            except (TimeoutError, KafkaError, BrokerUnavailable) as exc:
+                await self._close(p)
+                reason = exc
 
     # --- the loop ----------------------------------------------------------------------
 
