@@ -10,12 +10,12 @@ each batch of ticks is judged at its newest tick, so a backlog is caught up unde
 catch-up window and coalesce policy instead of being replayed slot by slot.
 
 The runner claims every slot with one INSERT … ON CONFLICT DO NOTHING on
-UNIQUE(job, scheduled_for) before it commits the trigger's offset, so a slot executes at
-most once ever whatever the number of runners and duplicated triggers. Executions hold the
-job's advisory lock on a session of their own and store that session's identity in the row;
-a claimed row whose session is gone belongs to a dead runner and is failed as
-``Abandoned`` (never re-run). Only ``started_at``/``finished_at``/durations come from the
-clock passed in at the edge.
+UNIQUE(job, scheduled_for) before it commits the trigger's offset, so a slot has one row
+whatever the number of runners and duplicated triggers. Executions hold the job's advisory
+lock on a session of their own and store that session's identity in the row; a claimed row
+whose session is gone belongs to a dead runner: that attempt is failed as ``Abandoned`` and
+the slot resumed as the next attempt while inside its catch-up window. Only
+``started_at``/``finished_at``/durations come from the clock passed in at the edge.
 """
 
 from __future__ import annotations
@@ -177,16 +177,43 @@ class Runner:
                 run_id=run.run_id, error_class=type(exc).__name__))
 
     async def sweep(self) -> int:
-        """Fail the claimed slots of runners that went away; returns how many."""
+        """Fail the claimed slots of runners that went away, then resume those still inside
+        their catch-up window with their attempts left (both kinds are idempotent, batch by
+        batch); returns how many slots were abandoned."""
         rows = await self.db.sweep_abandoned(self.runner_id, self.clock())
         for row in rows:
+            attempt = max(1, row["attempt"])
             await self.record(JobRun(
-                run_id=jobs.run_id(row["job"], row["scheduled_for"], max(1, row["attempt"])),
+                run_id=jobs.run_id(row["job"], row["scheduled_for"], attempt),
                 job=row["job"], kind=row["kind"], scheduled_for=row["scheduled_for"],
-                trigger=row["trigger"], attempt=max(1, row["attempt"]), started_at=None,
+                trigger=row["trigger"], attempt=attempt, started_at=None,
                 finished_at=None, duration_ms=None, status="failed", error_class="Abandoned",
                 error_message="the runner that claimed this slot went away before finishing it"))
+            await self._resume(row["job"], row["scheduled_for"], row["trigger"], attempt)
         return len(rows)
+
+    async def _resume(self, name: str, scheduled_for: datetime, trigger: str,
+                      attempt: int) -> None:
+        job = self._job(name)
+        if job is None or job.paused or attempt >= job.retries.max_attempts:
+            return
+        late_s = (self.clock() - scheduled_for).total_seconds()
+        if late_s > job.catchup_window_s:
+            return
+        lock = await self.db.job_lock(job.name, shared=job.overlap is Overlap.ALLOW, wait=False)
+        if lock is None:
+            return  # a run of this job is in progress: the slot stays failed
+        reached = await self.db.reclaim_abandoned(job.name, scheduled_for, self.runner_id, lock)
+        if reached is None:
+            await self.db.release(lock)
+            return
+        resumed = max(1, reached) + 1  # the abandoned attempt counts, as its record says
+        log.info("abandoned slot resumed", extra=fields(
+            job=job.name, scheduled_for=_z(scheduled_for), attempt=resumed))
+        task = asyncio.create_task(self._execute(job, scheduled_for, trigger, lock,
+                                                 queued=False, first_attempt=resumed))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def handle(self, trigger: JobTrigger) -> None:
         """One trigger from scheduler.job-triggers: defer, catch up or dispatch its slot."""
@@ -271,11 +298,11 @@ class Runner:
         return task
 
     async def _execute(self, job: Job, scheduled_for: datetime, trigger: str, lock: JobLock,
-                       *, queued: bool) -> JobRun | None:
+                       *, queued: bool, first_attempt: int = 1) -> JobRun | None:
         holder: JobLock | None = lock
         shared = job.overlap is Overlap.ALLOW
         first_started: datetime | None = None
-        attempt = 0
+        attempt = first_attempt - 1
         try:
             if queued:
                 try:

@@ -317,6 +317,13 @@ class Database:
             finished_at)
         return job is not None
 
+    async def reclaim_abandoned(self, job: str, scheduled_for: datetime, runner_id: str,
+                                lock: JobLock) -> int | None:
+        """Take over a slot failed as abandoned; the attempt it had reached, None if taken."""
+        attempt = await self.fetchval("reclaim_abandoned", job, scheduled_for, runner_id,
+                                      lock.pid, lock.backend_start)
+        return None if attempt is None else int(attempt)
+
     async def start_attempt(self, job: str, scheduled_for: datetime, attempt: int,
                             started_at: datetime, lock: JobLock, runner_id: str) -> bool:
         """Mark the slot running for ``attempt``; False if it is no longer ours to run."""

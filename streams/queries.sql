@@ -72,6 +72,13 @@ UPDATE job_runs r
                     WHERE a.pid = r.backend_pid AND a.backend_start = r.backend_start)
 RETURNING r.job, r.scheduled_for, r.kind, r.trigger, r.attempt;
 
+-- name: reclaim_abandoned
+UPDATE job_runs
+   SET status = 'running', runner_id = $3, backend_pid = $4, backend_start = $5,
+       error_class = NULL, error_message = NULL, finished_at = NULL
+ WHERE job = $1 AND scheduled_for = $2 AND status = 'failed' AND error_class = 'Abandoned'
+RETURNING attempt;
+
 -- name: job_state
 SELECT paused, reason, resume_from FROM job_state WHERE job = $1;
 

@@ -224,7 +224,7 @@ def test_concurrent_claims_of_one_slot_run_it_once(database: str) -> None:
     assert [r.status for r in emitted] == ["succeeded"]
 
 
-def test_abandoned_slot_is_failed_not_rerun(database: str) -> None:
+def test_abandoned_slot_outside_its_window_is_failed_not_rerun(database: str) -> None:
     job = _job("noop")
     reg = registry.Registry((job,))
     emitted: list[JobRun] = []
@@ -248,6 +248,39 @@ def test_abandoned_slot_is_failed_not_rerun(database: str) -> None:
 
     rows = asyncio.run(go())
     assert [(r["status"], r["error_class"]) for r in rows] == [("failed", "Abandoned")]
+
+
+def test_abandoned_slot_inside_its_window_is_resumed_once(database: str) -> None:
+    """A runner dies mid-run: the next runner records the abandoned attempt and runs the slot
+    again as the next attempt (inside the catch-up window), once, whatever else it is told."""
+    job = _job("noop", catchup_window_s=3600)
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+    slot = datetime.now(UTC).replace(second=0, microsecond=0)
+
+    async def go() -> list[dict[str, Any]]:
+        dead = await Database.connect(database)
+        dying = _runner(reg, dead, emitted, runner_id="dying")
+        lock = await dead.job_lock(job.name, shared=False, wait=False)
+        from streams.postgres import Claim
+        assert await dead.claim(Claim(job.name, slot, job.kind, "schedule", "x", slot,
+                                      "running", dying.runner_id), lock)
+        dead.pool.terminate()
+        db = await Database.connect(database)
+        try:
+            other = _runner(reg, db, emitted, runner_id="other")
+            assert await other.sweep() == 1
+            await asyncio.gather(*other.tasks)
+            assert await other.sweep() == 0
+            assert await other.dispatch(job, slot, "schedule", "x", slot) is None
+            return await db.runs(job.name)
+        finally:
+            await db.close()
+
+    rows = asyncio.run(go())
+    assert [(r["status"], r["attempt"]) for r in rows] == [("succeeded", 2)]
+    assert [(r.status, r.attempt, r.error_class) for r in emitted] == [
+        ("failed", 1, "Abandoned"), ("succeeded", 2, None)]
 
 
 # --- PostgreSQL stopped for 30 s in the middle of archiving -----------------------------------
