@@ -167,6 +167,7 @@ PURGE_TARGETS = {  # target → the param holding its retention in days
     "tasks_archive": "archive_retention_days",
     "job_runs": "job_runs_retention_days",
     "dead_letters": "dead_letters_retention_days",
+    "outbox": "outbox_retention_days",  # published rows only: unpublished ones are never purged
 }
 
 
@@ -241,13 +242,15 @@ class MemoryDataStore:
     """The in-memory twin of ``DataStore``: tasks as dicts keyed by ``task_id``.
 
     ``tasks`` rows hold ``status`` and ``completed_at``; ``archive`` rows add
-    ``archived_at``; ``job_runs`` and ``dead_letters`` hold the instant purge compares.
+    ``archived_at``; ``job_runs``, ``dead_letters`` and ``outbox`` (published rows) hold the
+    instant purge compares.
     """
 
     tasks: dict[str, dict[str, object]] = field(default_factory=dict)
     archive: dict[str, dict[str, object]] = field(default_factory=dict)
     job_runs: dict[str, datetime] = field(default_factory=dict)
     dead_letters: dict[str, datetime] = field(default_factory=dict)
+    outbox: dict[str, datetime] = field(default_factory=dict)
 
     def _eligible(self, cutoff: datetime) -> list[str]:
         rows = [(t["completed_at"], k) for k, t in self.tasks.items()
@@ -270,8 +273,8 @@ class MemoryDataStore:
         if target == "tasks_archive":
             return [k for k, row in self.archive.items()
                     if isinstance(row["archived_at"], datetime) and row["archived_at"] < cutoff]
-        table = self.job_runs if target == "job_runs" else self.dead_letters
-        return [k for k, at in table.items() if at < cutoff]
+        return [k for k, at in self._table(target).items()
+                if isinstance(at, datetime) and at < cutoff]
 
     async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -291,4 +294,5 @@ class MemoryDataStore:
             str, dict[str, object]]:
         if target == "tasks_archive":
             return self.archive
-        return self.job_runs if target == "job_runs" else self.dead_letters
+        return {"job_runs": self.job_runs, "dead_letters": self.dead_letters,
+                "outbox": self.outbox}[target]

@@ -397,11 +397,12 @@ class Database:
 
     async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
         row = await self.fetchrow("purge_counts", cutoffs["tasks_archive"],
-                                  cutoffs["job_runs"], cutoffs["dead_letters"])
+                                  cutoffs["job_runs"], cutoffs["dead_letters"],
+                                  cutoffs["outbox"])
         return {k: int(v) for k, v in dict(row).items()}
 
     async def purge_batch(self, target: str, cutoff: datetime, batch_size: int) -> int:
-        if target not in ("tasks_archive", "job_runs", "dead_letters"):
+        if target not in ("tasks_archive", "job_runs", "dead_letters", "outbox"):
             raise ValueError(f"unknown purge target {target!r}")
         return int(await self.fetchval(f"purge_{target}", cutoff, batch_size))
 

@@ -154,7 +154,9 @@ SELECT (SELECT count(*) FROM tasks_archive) AS tasks_archive,
        (SELECT count(*) FROM job_runs
          WHERE finished_at < $2 AND status NOT IN ('queued', 'running')) AS job_runs_expired,
        (SELECT count(*) FROM dead_letters) AS dead_letters,
-       (SELECT count(*) FROM dead_letters WHERE failed_at < $3) AS dead_letters_expired;
+       (SELECT count(*) FROM dead_letters WHERE failed_at < $3) AS dead_letters_expired,
+       (SELECT count(*) FROM outbox) AS outbox,
+       (SELECT count(*) FROM outbox WHERE published_at < $4) AS outbox_expired;
 
 -- name: purge_tasks_archive
 WITH gone AS (
@@ -179,6 +181,15 @@ WITH gone AS (
     DELETE FROM dead_letters
      WHERE dead_letter_id IN (SELECT dead_letter_id FROM dead_letters
                                WHERE failed_at < $1 LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: purge_outbox
+-- Published rows only (published_at IS NULL never compares < $1).
+WITH gone AS (
+    DELETE FROM outbox
+     WHERE outbox_id IN (SELECT outbox_id FROM outbox WHERE published_at < $1 LIMIT $2)
     RETURNING 1
 )
 SELECT count(*) FROM gone;

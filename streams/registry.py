@@ -93,9 +93,11 @@ KINDS: Mapping[str, KindSpec] = MappingProxyType({
             "archive_retention_days": Param(int, 365, 1, 36_500),
             "job_runs_retention_days": Param(int, 90, 1, 36_500),
             "dead_letters_retention_days": Param(int, 30, 1, 36_500),
+            "outbox_retention_days": Param(int, 7, 1, 36_500),
             "batch_size": Param(int, 1000, 1, 100_000),
         }),
-        summary="delete archived tasks, job runs and dead letters past their retention"),
+        summary="delete archived tasks, job runs, dead letters and published outbox rows "
+                "past their retention"),
     "noop": KindSpec(
         heavy=False, min_interval_s=60,
         params=MappingProxyType({

@@ -154,6 +154,39 @@ def test_datastore_contract_archive(store_factory: Callable[[], Any]) -> None:
     assert second.affected == 0 and second.after == first.after
 
 
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_datastore_contract_purge_outbox(kind: str, request: pytest.FixtureRequest) -> None:
+    """Published outbox rows past retention go; younger and unpublished ones stay."""
+    cutoffs = {t: NOW - timedelta(days=d) for t, d in
+               {"tasks_archive": 365, "job_runs": 90, "dead_letters": 30, "outbox": 7}.items()}
+
+    url = "" if kind == "memory" else request.getfixturevalue("database")
+
+    async def go() -> jobs.Outcome:
+        if kind == "memory":
+            store = jobs.MemoryDataStore()
+            store.outbox = {"1": NOW - timedelta(days=8), "2": NOW - timedelta(days=1)}
+            return await jobs.purge_expired(store, cutoffs, 10)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.executemany(
+                "INSERT INTO outbox (user_id, event_type, payload, published_at) "
+                "VALUES ('u', 'task.upserted', '{}', $1)",
+                [(NOW - timedelta(days=8),), (NOW - timedelta(days=1),), (None,)])
+        finally:
+            await conn.close()
+        db = await Database.connect(url)
+        try:
+            return await jobs.purge_expired(db, cutoffs, 10)
+        finally:
+            await db.close()
+
+    outcome = asyncio.run(go())
+    assert outcome.affected == 1
+    assert (outcome.before["outbox_expired"], outcome.after["outbox_expired"]) == (1, 0)
+    assert outcome.before["outbox"] - outcome.after["outbox"] == 1
+
+
 # --- archive at volume ------------------------------------------------------------------------
 
 

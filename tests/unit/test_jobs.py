@@ -153,11 +153,14 @@ def test_purge_by_retention_on_the_twin() -> None:
     store.archive = {f"a{i}": {"archived_at": T0 - timedelta(days=400 - i)} for i in range(60)}
     store.job_runs = {"old": T0 - timedelta(days=91), "new": T0 - timedelta(days=1)}
     store.dead_letters = {"old": T0 - timedelta(days=31)}
+    store.outbox = {"published-long-ago": T0 - timedelta(days=8),
+                    "published-yesterday": T0 - timedelta(days=1)}
     job = registry.parse({"jobs": [{"name": "p", "kind": "purge_expired",
                                     "schedule": "@daily", "params": {"batch_size": 10}}]}).jobs[0]
     outcome = asyncio.run(jobs.run_kind(job, store, T0, 1, _no_sleep))
-    assert outcome.affected == 35 + 1 + 1  # archived more than 365 days ago: 400 - i > 365
+    assert outcome.affected == 35 + 1 + 1 + 1  # archived more than 365 days ago: 400 - i > 365
     assert set(store.job_runs) == {"new"} and not store.dead_letters
+    assert set(store.outbox) == {"published-yesterday"}
 
 
 def test_trigger_agent_dead_letters_what_is_not_a_tick() -> None:
