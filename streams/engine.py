@@ -29,15 +29,15 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from streams import codec, kafka, metrics
-from streams.errors import BrokerUnavailable, Fenced
+from streams.errors import BrokerUnavailable, Fenced, InvalidEvent
 from streams.jobs import backoff_cap_s
 from streams.kafka import Output, Record, TopicPartition
 from streams.logs import fields
@@ -45,6 +45,7 @@ from streams.registry import Retries
 from streams.settings import Settings
 
 log = logging.getLogger("cronorch.engine")
+T = TypeVar("T")
 RESET_BACKOFF = Retries(max_attempts=1_000_000, base_delay_s=0.5, max_delay_s=10.0)
 
 
@@ -69,6 +70,21 @@ def dead_letter(settings: Settings, record: Record, reason: str) -> Output:
         failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
     )
     return Output(settings.topics.dead_letters, record.key, codec.dumps(letter))
+
+
+def decode_all(settings: Settings, role: str, records: list[Record],
+               decode: Callable[[bytes | None], T]) -> tuple[list[tuple[Record, T]], list[Output]]:
+    """Decode each record; those that fail become dead letters (counted per ``role``)."""
+    decoded: list[tuple[Record, T]] = []
+    letters: list[Output] = []
+    for record in records:
+        try:
+            decoded.append((record, decode(record.value)))
+        except InvalidEvent as exc:
+            letters.append(dead_letter(settings, record, exc.reason))
+    if letters:
+        metrics.DEAD_LETTERS.labels(role).inc(len(letters))
+    return decoded, letters
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

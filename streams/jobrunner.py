@@ -35,8 +35,8 @@ from aiokafka.errors import KafkaError
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
 from streams import codec, jobs, kafka, lifecycle, metrics
-from streams.engine import Processor, dead_letter
-from streams.errors import DatabaseUnavailable, InvalidEvent, SchedulerError, TransientError
+from streams.engine import Processor, dead_letter, decode_all
+from streams.errors import DatabaseUnavailable, SchedulerError, TransientError
 from streams.jobs import Disposition, Outcome, OverlapAction
 from streams.kafka import Output, Record
 from streams.logs import fields
@@ -74,13 +74,8 @@ class TriggerAgent:
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
         ticks: list[datetime] = []
-        letters: list[Output] = []
-        for record in records:
-            try:
-                item = codec.decode_timeline(record.value)
-            except InvalidEvent as exc:
-                letters.append(dead_letter(self.settings, record, exc.reason))
-                continue
+        decoded, letters = decode_all(self.settings, "trigger", records, codec.decode_timeline)
+        for record, item in decoded:
             if isinstance(item, Tick):
                 ticks.append(item.tick_at)
             else:

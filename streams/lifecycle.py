@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 
 from streams import kafka, logs, metrics
 from streams.settings import Settings
@@ -26,3 +27,15 @@ async def start(settings: Settings, stop: asyncio.Event | None = None, *,
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def every(interval_s: float, action: Callable[[], None]) -> asyncio.Task[None]:
+    """Run ``action`` every ``interval_s`` seconds until the returned task is cancelled
+    (the periodic execution summaries)."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            action()
+
+    return asyncio.create_task(loop())

@@ -173,7 +173,7 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
             raise kafka.translate(exc) from exc
         log.info("relay started", extra=fields(poll_interval_s=poll_interval_s, listen=listen,
                                                batch_size=batch_size))
-        summary = asyncio.create_task(_summaries(relay, started))
+        summary = lifecycle.every(30, lambda: _summary("relay summary", relay, started))
         try:
             await relay_loop(relay, stop, poll_interval_s=poll_interval_s, listen=listen)
         finally:
@@ -183,12 +183,6 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
             await producer.stop()
         await db.close()
         _summary("relay stopped", relay, started)
-
-
-async def _summaries(relay: Relay, started: float) -> None:
-    while True:
-        await asyncio.sleep(30)
-        _summary("relay summary", relay, started)
 
 
 def _summary(event: str, relay: Relay, started: float) -> None:

@@ -25,8 +25,7 @@ from aiokafka.partitioner import murmur2
 
 from schemas import TaskSpawn, Tick
 from streams import codec, kafka, lifecycle, metrics
-from streams.engine import Processor, dead_letter
-from streams.errors import InvalidEvent
+from streams.engine import Processor, decode_all
 from streams.kafka import Output, Record
 from streams.logs import fields
 from streams.settings import Settings
@@ -56,15 +55,10 @@ class Rekeyer:
         pass
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
-        outputs: list[Output] = []
-        for record in records:
-            try:
-                event = codec.decode_task_event(record.value)
-            except InvalidEvent as exc:
-                outputs.append(dead_letter(self.settings, record, exc.reason))
-                self.counts["dead_letters"] += 1
-                metrics.DEAD_LETTERS.labels("rekeyer").inc()
-                continue
+        decoded, outputs = decode_all(self.settings, "rekeyer", records,
+                                      codec.decode_task_event)
+        self.counts["dead_letters"] += len(outputs)
+        for record, event in decoded:
             user = (event.task.user_id if event.type == "task.upserted" else event.user_id)
             key = user.encode()
             outputs.append(Output(self.settings.topics.timeline, key, record.value,
@@ -98,15 +92,9 @@ class TimelineAgent:
     def process(self, partition: int, records: list[Record]) -> list[Output]:
         state = self.states[partition]
         effects = Effects()
-        outputs: list[Output] = []
-        for record in records:
-            try:
-                item = codec.decode_timeline(record.value)
-            except InvalidEvent as exc:
-                outputs.append(dead_letter(self.settings, record, exc.reason))
-                effects.counts["dead_letters"] += 1
-                metrics.DEAD_LETTERS.labels("timeline").inc()
-                continue
+        decoded, outputs = decode_all(self.settings, "timeline", records, codec.decode_timeline)
+        effects.counts["dead_letters"] += len(outputs)
+        for _, item in decoded:
             if isinstance(item, Tick):
                 effects.merge(state.tick(item.tick_at))
             else:
@@ -145,12 +133,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     started = time.monotonic()
     log.info("worker started", extra=fields(timeline_partitions=partitions))
 
-    async def summarise() -> None:
-        while True:
-            await asyncio.sleep(30)
-            _summary("worker summary", rekeyer, agent, started)
-
-    summary = asyncio.create_task(summarise())
+    summary = lifecycle.every(
+        30, lambda: _summary("worker summary", rekeyer, agent, started))
     tasks = [asyncio.create_task(p.run(stop)) for p in processors]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
