@@ -31,6 +31,7 @@ from tests.support import ROOT, eventually
 
 pytestmark = pytest.mark.kafka
 RECORDS = 8000
+CRONORCH_RECORDS = 16000  # our engine is faster: a longer backlog keeps ≥5 kills in flight
 FANOUT = 50
 
 
@@ -41,7 +42,7 @@ def _start(engine: str, env: dict[str, str], log: Path) -> subprocess.Popen[byte
                                 stdin=subprocess.DEVNULL)
 
 
-async def _feed(settings: Settings, src: str) -> None:
+async def _feed(settings: Settings, src: str, records: int) -> None:
     """Publish RECORDS records up front: the copy job then works through a backlog, busy
     sending for most of the time, so a kill lands between a transaction's first send and
     its commit: the window in which a sink outside the transaction leaks duplicates."""
@@ -49,7 +50,7 @@ async def _feed(settings: Settings, src: str) -> None:
                                 linger_ms=20)
     await producer.start()
     try:
-        for i in range(RECORDS):
+        for i in range(records):
             await producer.send(src, str(i).encode(), key=str(i).encode())
         await producer.flush()
     finally:
@@ -72,7 +73,8 @@ async def _sink_end(settings: Settings, sink: str) -> int:
 
 
 def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: int,
-                    until_duplicates: bool = False, fanout: int = 1) -> tuple[Counter[bytes], int]:
+                    until_duplicates: bool = False, fanout: int = 1,
+                    records: int = RECORDS) -> tuple[Counter[bytes], int]:
     """Kill ``engine`` with SIGKILL up to ``kills`` times while it copies; return the sink
     and how many kills landed while the source was not fully consumed."""
     run = uuid.uuid4().hex[:8]
@@ -96,7 +98,7 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
     async def scenario() -> tuple[Counter[bytes], int]:
         async with kafka.admin(settings) as admin:
             await admin.create_topics([NewTopic(src, 3, 1), NewTopic(sink, 3, 1)])
-        await _feed(settings, src)
+        await _feed(settings, src, records)
         landed = 0
         for _ in range(kills):
             before = await _sink_end(settings, sink)
@@ -104,13 +106,13 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
 
             async def busy(before: int = before) -> bool:
                 return (await _sink_end(settings, sink) > before + 20 * fanout
-                        or await consumed() >= RECORDS)
+                        or await consumed() >= records)
 
             await eventually(busy, 90, f"{engine} making progress")
             await asyncio.sleep(rng.uniform(0, 0.5))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            if await consumed() >= RECORDS:
+            if await consumed() >= records:
                 break
             landed += 1
             if until_duplicates and any(c > 1 for c in (await _sink(settings, sink)).values()):
@@ -118,7 +120,7 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
         proc = _start(engine, env, log)
         try:
             async def finished() -> bool:
-                return await consumed() >= RECORDS
+                return await consumed() >= records
 
             await eventually(finished, 120, f"{engine} finishing")
         finally:
@@ -141,8 +143,10 @@ def test_faust_builtin_exactly_once_duplicates_sink_output(settings: Settings,
 
 
 def test_cronorch_engine_exactly_once_under_sigkill(settings: Settings, tmp_path: Path) -> None:
-    counts, landed = _run_with_kills("cronorch", settings, tmp_path, kills=5, fanout=FANOUT)
+    counts, landed = _run_with_kills("cronorch", settings, tmp_path, kills=5, fanout=FANOUT,
+                                     records=CRONORCH_RECORDS)
     assert landed >= 5, f"only {landed} kills landed while records were in flight"
-    assert len(counts) == RECORDS * FANOUT, f"{RECORDS * FANOUT - len(counts)} missing"
+    expected = CRONORCH_RECORDS * FANOUT
+    assert len(counts) == expected, f"{expected - len(counts)} missing"
     duplicates = {v: c for v, c in counts.items() if c > 1}
     assert not duplicates, f"{len(duplicates)} duplicated"
