@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from schemas import Task, TaskUpserted
-from streams.state import PartitionState
+from streams.timeline.state import PartitionState
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DUE_PER_TICK = 100

@@ -1,9 +1,9 @@
 """cronorch: the Todo application's scheduling backbone on Kafka.
 
-The package is layered (see docs/architecture.md): errors → time core (localtime,
-recurrence, cron) → planning → codec/state → adapters (kafka, postgres, metrics,
-settings) → wiring (app, agents) → CLI. Imports point downwards only; the
-import-linter contract in pyproject.toml enforces it.
+The folders are the layers (docs/architecture.md), top to bottom: ``cli`` → ``testing`` →
+``processes`` → adapters (``kafka``, ``postgres``) → ``telemetry`` and ``settings`` →
+``timeline`` and ``codec`` → ``jobs`` → ``schemas`` → ``timecore`` → ``errors``. Imports point
+downwards only; the import-linter contracts in pyproject.toml enforce it.
 """
 
 __version__ = "0.1.0"

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams import devstack, kafka
+from streams.cli import devstack
+from streams.kafka import client as kafka
 from streams.settings import Settings
 from tests.support import settings_for
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from streams import kafka
+from streams.kafka import client as kafka
 from streams.settings import ENV, Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent

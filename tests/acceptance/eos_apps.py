@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Iterable
 
-from streams import logs
-from streams.engine import Processor
-from streams.kafka import Output, Record
+from streams.kafka.client import Output, Record
+from streams.kafka.engine import Processor
 from streams.settings import Settings
+from streams.telemetry import logs
 
 
 def run_faust() -> None:

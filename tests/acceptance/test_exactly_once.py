@@ -25,7 +25,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
-from streams import kafka
+from streams.kafka import client as kafka
 from streams.settings import Settings
 from tests.support import ROOT, eventually
 

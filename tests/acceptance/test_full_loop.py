@@ -18,7 +18,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from streams import tickproducer
+from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.integration.conftest import database, pg_stack  # noqa: F401 - fixtures
 from tests.model import ts, z

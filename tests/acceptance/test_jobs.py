@@ -19,7 +19,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
-from streams import tickproducer
+from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.integration.conftest import database, pg_stack  # noqa: F401 - fixtures
 from tests.support import ROOT, Proc, caught_up, env_for, eventually, read_json
@@ -134,7 +134,7 @@ def test_two_runners_duplicated_triggers_each_slot_once(
 
 
 async def kafka_records(settings: Settings, topic: str) -> list[bytes]:
-    from streams import kafka
+    from streams.kafka import client as kafka
 
     return [r.value for r in await kafka.read_all(settings, [topic]) if r.value is not None]
 

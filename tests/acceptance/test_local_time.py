@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from streams import tickproducer
+from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.local_model import (
     DigestModel,

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams import tickproducer
+from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.model import z
 from tests.support import Proc, caught_up, eventually, publish, read_json

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from streams import devstack, kafka, tickproducer
+from streams.cli import devstack
+from streams.kafka import client as kafka
+from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.scenario import STEP, Scenario, build
 from tests.support import Proc, caught_up, committed_total, eventually, publish, read_json

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from streams import devstack
-from streams.postgres import Database
+from streams.cli import devstack
+from streams.postgres.database import Database
 from streams.settings import Settings
 
 

@@ -35,11 +35,11 @@ from schemas import (
     dumps,
     loads,
 )
-from streams import kafka
-from streams.postgres import Database
-from streams.relay import Relay, relay_loop
+from streams.kafka import client as kafka
+from streams.postgres.database import Database
+from streams.processes.relay import Relay, relay_loop
+from streams.processes.spawnsink import decode_spawn, event_id_of, spawned, task_id_of
 from streams.settings import Settings
-from streams.spawnsink import decode_spawn, event_id_of, spawned, task_id_of
 from tests.support import ROOT, Proc, caught_up, env_for, eventually, read_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

@@ -15,10 +15,12 @@ import asyncpg
 import pytest
 
 from schemas import JobRun
-from streams import devstack, jobs, registry
+from streams.cli import devstack
 from streams.errors import DatabaseError, DatabaseUnavailable
-from streams.jobrunner import Runner
-from streams.postgres import Database, migrations, translate
+from streams.jobs import decisions as jobs
+from streams.jobs import registry
+from streams.postgres.database import Database, migrations, translate
+from streams.processes.jobrunner import Runner
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -266,7 +268,7 @@ def test_abandoned_slot_outside_its_window_is_failed_not_rerun(database: str) ->
         dead = await Database.connect(database)
         dying = _runner(reg, dead, emitted, runner_id="dying")
         lock = await dead.job_lock(job.name, shared=False, wait=False)
-        from streams.postgres import Claim
+        from streams.postgres.database import Claim
         assert await dead.claim(Claim(job.name, NOW, job.kind, "schedule", "x", NOW, "running",
                                       dying.runner_id), lock)
         dead.pool.terminate()  # the process dies: its sessions and their locks go away
@@ -295,7 +297,7 @@ def test_abandoned_slot_inside_its_window_is_resumed_once(database: str) -> None
         dead = await Database.connect(database)
         dying = _runner(reg, dead, emitted, runner_id="dying")
         lock = await dead.job_lock(job.name, shared=False, wait=False)
-        from streams.postgres import Claim
+        from streams.postgres.database import Claim
         assert await dead.claim(Claim(job.name, slot, job.kind, "schedule", "x", slot,
                                       "running", dying.runner_id), lock)
         dead.pool.terminate()

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from cronsim import CronSim
 
-from streams.cron import CronExpression, parse_cron
 from streams.errors import InvalidSchedule
-from streams.localtime import Ambiguous, DstPolicy, Nonexistent, zone
+from streams.timecore.cron import CronExpression, parse_cron
+from streams.timecore.localtime import Ambiguous, DstPolicy, Nonexistent, zone
 
 NY = zone("America/New_York")
 RIGA = zone("Europe/Riga")

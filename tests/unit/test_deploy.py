@@ -129,7 +129,7 @@ def test_dockerfile_entrypoint_is_the_console_script() -> None:
     assert len(entrypoints) == 1
     command = json.loads(entrypoints[0])  # exec form
     assert command == ["cronorch"]
-    assert _pyproject()["project"]["scripts"]["cronorch"] == "streams.cli:main"
+    assert _pyproject()["project"]["scripts"]["cronorch"] == "streams.cli.main:main"
 
 
 def test_dockerfile_exposes_the_metrics_port() -> None:
@@ -214,7 +214,7 @@ def test_operations_doc_lists_every_config_value_with_its_variable_and_default()
 def test_operations_doc_lists_every_metric() -> None:
     from prometheus_client.metrics import MetricWrapperBase
 
-    from streams import metrics
+    from streams.telemetry import metrics
 
     doc = (ROOT / "docs" / "operations.md").read_text()
     listed = set(re.findall(r"^\| `(cronorch_\w+)` \| (?:counter|gauge|histogram) \|", doc,

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from streams import engine, kafka
-from streams.kafka import Output, Record, TopicPartition
+from streams.kafka import client as kafka
+from streams.kafka import engine
+from streams.kafka.client import Output, Record, TopicPartition
 from streams.settings import Settings
 
 

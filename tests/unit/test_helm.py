@@ -184,7 +184,7 @@ def test_an_optional_component_can_be_disabled(name: str) -> None:
 
 @pytest.mark.parametrize("interval", ["0.25", "3", "1.5"])
 def test_relay_poll_interval_is_passed_to_the_cli(interval: str) -> None:
-    from streams.cli import _parser
+    from streams.cli.main import _parser
 
     docs = render("default", "--set", f"relay.pollIntervalS={interval}")
     relay = next(d for d in of_kind(docs, "Deployment") if component(d) == "relay")
@@ -353,7 +353,7 @@ def test_worker_replicas_beyond_the_timeline_partitions_are_refused() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_container_command_parses_with_the_cli(scenario: str) -> None:
-    from streams.cli import _parser
+    from streams.cli.main import _parser
 
     parser = _parser()
     for name, container in containers(render(scenario)):

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import jobs, registry
-from streams.jobs import Disposition, MemoryDataStore, OverlapAction
-from streams.registry import Overlap, Retries
+from streams.jobs import decisions as jobs
+from streams.jobs import registry
+from streams.jobs.decisions import Disposition, MemoryDataStore, OverlapAction
+from streams.jobs.registry import Overlap, Retries
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -164,10 +165,10 @@ def test_purge_by_retention_on_the_twin() -> None:
 
 
 def test_trigger_agent_dead_letters_what_is_not_a_tick() -> None:
-    from streams import registry as registry_module
     from streams.codec import encode_tick
-    from streams.jobrunner import TriggerAgent
-    from streams.kafka import Record
+    from streams.jobs import registry as registry_module
+    from streams.kafka.client import Record
+    from streams.processes.jobrunner import TriggerAgent
     from streams.settings import Settings
 
     settings = Settings()

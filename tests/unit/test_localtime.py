@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import pytest
 
 from streams.errors import InvalidSchedule
-from streams.localtime import (
+from streams.timecore.localtime import (
     Ambiguous,
     DstPolicy,
     Nonexistent,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.cli import main
+from streams.cli.main import main
 
 
 def _rows(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict[str, str]]:

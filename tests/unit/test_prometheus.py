@@ -1,5 +1,5 @@
 """The alert rules (deploy/prometheus/alerts.yml): promtool accepts them, their unit tests
-(alerts_test.yml) pass and can fail, and they name only metrics that streams/metrics.py
+(alerts_test.yml) pass and can fail, and they name only metrics that streams/telemetry/metrics.py
 defines, with labels those metrics have. promtool comes from Debian's `prometheus` package
 (scripts/setup); a missing promtool fails these tests, it never skips them.
 """
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from streams import metrics
+from streams.telemetry import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -47,7 +47,7 @@ def rules() -> list[dict[str, Any]]:
 
 
 def defined_series() -> dict[str, set[str]]:
-    """Every series name streams/metrics.py exposes → the label names it may carry."""
+    """Every series name streams/telemetry/metrics.py exposes → the label names it may carry."""
     series: dict[str, set[str]] = {}
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
@@ -130,7 +130,7 @@ def test_rules_name_only_metrics_and_labels_that_exist() -> None:
     for rule in rules():
         expr = rule["expr"]
         for name in re.findall(r"\bcronorch_\w+", expr):
-            assert name in series, f"{rule['alert']}: {name} is not in streams/metrics.py"
+            assert name in series, f"{rule['alert']}: {name} is not in streams/telemetry/metrics.py"
             used.add(name)
         for name, matchers in re.findall(r"\b(cronorch_\w+)\{([^}]*)\}", expr):
             for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers):

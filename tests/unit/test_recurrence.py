@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 import pytest
 
 from streams.errors import InvalidSchedule
-from streams.localtime import Ambiguous, DstPolicy, Nonexistent, zone
-from streams.recurrence import (
+from streams.timecore.localtime import Ambiguous, DstPolicy, Nonexistent, zone
+from streams.timecore.recurrence import (
     Freq,
     Occurrence,
     RecurrenceRule,

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from streams import registry
 from streams.errors import ConfigError
-from streams.localtime import Ambiguous, Nonexistent
-from streams.registry import Coalesce, Overlap
+from streams.jobs import registry
+from streams.jobs.registry import Coalesce, Overlap
+from streams.timecore.localtime import Ambiguous, Nonexistent
 
 ROOT = Path(__file__).resolve().parents[2]
 

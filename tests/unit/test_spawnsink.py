@@ -11,9 +11,9 @@ from typing import Any
 
 from schemas import DeadLetter, Occurrence, SpawnTemplate, TaskSpawn, dumps, loads
 from streams.errors import DatabaseError, DatabaseUnavailable
-from streams.kafka import Record
-from streams.postgres import SpawnedTask
-from streams.spawnsink import SpawnSink, decode_spawn, spawned
+from streams.kafka.client import Record
+from streams.postgres.database import SpawnedTask
+from streams.processes.spawnsink import SpawnSink, decode_spawn, spawned
 from tests.support import settings_for
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)

@@ -12,9 +12,9 @@ from dateutil.rrule import rrulestr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.cron import parse_cron
-from streams.localtime import Ambiguous, DstPolicy, Nonexistent, gap_length, resolve, zone
-from streams.recurrence import Skip, local_occurrences, occurrences, parse_rrule
+from streams.timecore.cron import parse_cron
+from streams.timecore.localtime import Ambiguous, DstPolicy, Nonexistent, gap_length, resolve, zone
+from streams.timecore.recurrence import Skip, local_occurrences, occurrences, parse_rrule
 
 ZONES = ["America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Australia/Sydney",
          "America/Santiago", "Europe/Berlin", "Asia/Beirut", "Europe/Riga", "UTC"]  # fmt: skip

@@ -9,8 +9,8 @@ from datetime import datetime
 import orjson
 import pytest
 
-from streams.memory import MemoryPipeline
 from streams.settings import Settings
+from streams.testing.memory import MemoryPipeline
 from tests.scenario import STEP, Scenario, build
 
 

@@ -60,17 +60,18 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     if args.command not in TASK_COMMANDS:
         return None
     if args.command == "spawn-sink":
-        from streams import spawnsink
+        from streams.processes import spawnsink
 
         asyncio.run(spawnsink.run(settings))
         return 0
     if args.command == "relay":
-        from streams import relay
+        from streams.processes import relay
 
         asyncio.run(relay.run(settings, poll_interval_s=args.poll_interval_s,
                               batch_size=args.batch_size, listen=not args.no_listen))
         return 0
-    from streams import bootstrap, logs
+    from streams.processes import bootstrap
+    from streams.telemetry import logs
 
     logs.configure(settings.log_level)
     as_of = args.as_of or datetime.now(UTC).replace(microsecond=0)

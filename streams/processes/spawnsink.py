@@ -42,14 +42,16 @@ from aiokafka.errors import KafkaError
 
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
 from schemas.wire import WireError, dumps, loads
-from streams import kafka, lifecycle, metrics
-from streams.engine import dead_letter
 from streams.errors import DatabaseError, InvalidEvent, SchedulerError
-from streams.kafka import Output, Record
-from streams.logs import fields
-from streams.planning import instant_key
-from streams.postgres import Database, SpawnedTask
+from streams.kafka import client as kafka
+from streams.kafka.client import Output, Record
+from streams.kafka.engine import dead_letter
+from streams.postgres.database import Database, SpawnedTask
+from streams.processes import lifecycle
 from streams.settings import Settings
+from streams.telemetry import metrics
+from streams.telemetry.logs import fields
+from streams.timeline.planning import instant_key
 
 log = logging.getLogger("cronorch.spawnsink")
 T = TypeVar("T")

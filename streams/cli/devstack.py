@@ -118,7 +118,8 @@ def resolve_kafka_jars(stack: Stack) -> Path:
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise InfrastructureError("java and mvn are needed: apt-get install openjdk-17-jre maven")
     stack.jars_dir.mkdir(parents=True, exist_ok=True)
-    with resources.as_file(resources.files("streams") / "resources" / "kafka" / "pom.xml") as pom:
+    pom_file = resources.files("streams.cli") / "resources" / "kafka" / "pom.xml"
+    with resources.as_file(pom_file) as pom:
         proc = subprocess.run(
             ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
              f"-DoutputDirectory={stack.jars_dir}", f"-Dkafka.version={KAFKA_VERSION}"],
@@ -187,7 +188,7 @@ def start_kafka(stack: Stack) -> float:
         if proc.returncode != 0:
             raise InfrastructureError(f"formatting Kafka storage failed:\n{proc.stderr[-2000:]}")
     with resources.as_file(
-        resources.files("streams") / "resources" / "kafka" / "log4j2.properties"
+        resources.files("streams.cli") / "resources" / "kafka" / "log4j2.properties"
     ) as log4j, (stack.kafka_dir / "kafka.log").open("ab") as log:
         proc_ = subprocess.Popen(
             [*java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,

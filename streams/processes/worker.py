@@ -24,12 +24,15 @@ from collections.abc import Iterable
 from aiokafka.partitioner import murmur2
 
 from schemas import TaskSpawn, Tick
-from streams import codec, kafka, lifecycle, metrics
-from streams.engine import Processor, decode_all
-from streams.kafka import Output, Record
-from streams.logs import fields
+from streams import codec
+from streams.kafka import client as kafka
+from streams.kafka.client import Output, Record
+from streams.kafka.engine import Processor, decode_all
+from streams.processes import lifecycle
 from streams.settings import Settings
-from streams.state import Effects, PartitionState
+from streams.telemetry import metrics
+from streams.telemetry.logs import fields
+from streams.timeline.state import Effects, PartitionState
 
 log = logging.getLogger("cronorch.worker")
 

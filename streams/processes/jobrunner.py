@@ -34,15 +34,19 @@ from aiokafka.errors import KafkaError
 
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
-from streams import codec, jobs, kafka, lifecycle, metrics
-from streams.engine import Processor, dead_letter, decode_all
+from streams import codec
 from streams.errors import DatabaseUnavailable, SchedulerError, TransientError
-from streams.jobs import Disposition, Outcome, OverlapAction
-from streams.kafka import Output, Record
-from streams.logs import fields
-from streams.postgres import Claim, Database, JobLock
-from streams.registry import Job, Overlap, Registry
+from streams.jobs import decisions as jobs
+from streams.jobs.decisions import Disposition, Outcome, OverlapAction
+from streams.jobs.registry import Job, Overlap, Registry
+from streams.kafka import client as kafka
+from streams.kafka.client import Output, Record
+from streams.kafka.engine import Processor, dead_letter, decode_all
+from streams.postgres.database import Claim, Database, JobLock
+from streams.processes import lifecycle
 from streams.settings import Settings
+from streams.telemetry import metrics
+from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.jobs")
 Clock = Callable[[], datetime]

@@ -33,11 +33,11 @@ from aiokafka.errors import KafkaError
 
 from schemas import TaskUpserted, UserSettings
 from schemas.wire import WireError, dumps, loads
-from streams import kafka
-from streams.kafka import Output
-from streams.logs import fields
-from streams.postgres import Database
+from streams.kafka import client as kafka
+from streams.kafka.client import Output
+from streams.postgres.database import Database
 from streams.settings import Settings
+from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.bootstrap")
 _NAMESPACE = uuid.UUID("0b7d2c56-7f0e-4c53-8d0a-3f1e9c2b6a41")

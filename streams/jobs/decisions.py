@@ -10,7 +10,7 @@ Owns
 - deterministic ids for triggers and runs;
 - the built-in kinds (``archive_completed``, ``purge_expired``, ``noop``) as orchestration
   of batches over the ``DataStore`` port; ``MemoryDataStore`` is its in-memory twin and
-  ``streams.postgres.Database`` the real one (one contract suite runs against both).
+  ``streams.postgres.database.Database`` the real one (one contract suite runs against both).
 
 Must not read the clock or draw randomness of its own (time and a ``random.Random`` are
 passed in), and must not import a driver: IO happens behind the port.
@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from streams.errors import TransientError
-from streams.registry import Coalesce, Job, Overlap, Retries
+from streams.jobs.registry import Coalesce, Job, Overlap, Retries
 
 MAX_SLOTS = 1000  # slots enumerated per decision; a longer gap is reported as a count
 

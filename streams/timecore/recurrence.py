@@ -37,7 +37,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from streams.errors import InvalidSchedule
-from streams.localtime import RFC5545, DstPolicy, resolve
+from streams.timecore.localtime import RFC5545, DstPolicy, resolve
 
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 

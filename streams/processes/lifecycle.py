@@ -8,8 +8,9 @@ import contextlib
 import signal
 from collections.abc import Callable
 
-from streams import kafka, logs, metrics
+from streams.kafka import client as kafka
 from streams.settings import Settings
+from streams.telemetry import logs, metrics
 
 
 async def start(settings: Settings, stop: asyncio.Event | None = None, *,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from streams import kafka
+from streams.kafka import client as kafka
 from streams.settings import Settings
 
 ZONES = ["America/New_York", "Europe/Berlin", "Asia/Kathmandu", "Australia/Lord_Howe",

@@ -25,11 +25,14 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from streams import codec, kafka, lifecycle, metrics
+from streams import codec
 from streams.errors import Fenced
-from streams.kafka import Output, TopicPartition
-from streams.logs import fields
+from streams.kafka import client as kafka
+from streams.kafka.client import Output, TopicPartition
+from streams.processes import lifecycle
 from streams.settings import Settings
+from streams.telemetry import metrics
+from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.tick")
 BATCH = 500

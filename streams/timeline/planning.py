@@ -15,7 +15,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from schemas import AtReminder, BeforeReminder, DigestTask, Task, UserSettings
-from streams.localtime import (
+from streams.timecore.localtime import (
     RFC5545,
     Ambiguous,
     DstPolicy,
@@ -25,7 +25,7 @@ from streams.localtime import (
     resolve,
     zone,
 )
-from streams.recurrence import Skip, next_after_completion, occurrences, parse_rrule
+from streams.timecore.recurrence import Skip, next_after_completion, occurrences, parse_rrule
 
 _NAMESPACE = uuid.UUID("6f1c1b8e-3d0a-5c55-9a8e-6d1f4c1e2a77")
 

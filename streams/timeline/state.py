@@ -32,8 +32,8 @@ from schemas import (
     UserSettings,
 )
 from schemas.values import format_instant
-from streams.localtime import RFC5545, DstPolicy, zone
-from streams.planning import (
+from streams.timecore.localtime import RFC5545, DstPolicy, zone
+from streams.timeline.planning import (
     DigestFire,
     ReminderFire,
     SpawnFire,

@@ -2,7 +2,7 @@
 in the user's zone and in UTC, computed by the same planning code the worker runs.
 
 An edge module: ``--after`` defaults to the wall clock. Jobs are previewed by
-``cronorch jobs preview NAME`` (streams/jobcli.py).
+``cronorch jobs preview NAME`` (streams/cli/jobs.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import orjson
 from schemas import TASK_EVENT_ADAPTER, Task, UserSettings
 from schemas.wire import WireError, loads
 from streams.errors import InvalidInput
-from streams.localtime import DstPolicy, zone
-from streams.planning import (
+from streams.timecore.localtime import DstPolicy, zone
+from streams.timeline.planning import (
     DigestFire,
     SpawnFire,
     dst_policy_of,

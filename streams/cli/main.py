@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 
 import orjson
 
-from streams import jobcli, preview, taskcli
+from streams.cli import jobs as jobcli
+from streams.cli import preview
+from streams.cli import tasks as taskcli
 from streams.errors import SchedulerError
 
 
@@ -71,12 +73,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from streams.settings import Settings
 
     if args.command == "dev":
-        from streams import devstack
+        from streams.cli import devstack
 
         stack = devstack.Stack.from_env()
         if args.action == "up":
             timings = devstack.up(stack)
-            from streams import kafka
+            from streams.kafka import client as kafka
 
             settings = Settings.from_env()
             timings["kafka_ready_s"] = asyncio.run(kafka.wait_ready(settings))
@@ -98,12 +100,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if result is not None:
         return result
     if args.command == "topics":
-        from streams import kafka
+        from streams.kafka import client as kafka
 
         _print({"created": asyncio.run(kafka.ensure_topics(settings))})
         return 0
     if args.command == "tick":
-        from streams import tickproducer
+        from streams.processes import tickproducer
 
         step = args.step or settings.tick_interval_s
         if args.start is not None or args.end is not None:
@@ -115,12 +117,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(tickproducer.run_live(settings, step))
         return 0
     if args.command == "worker":
-        from streams import worker
+        from streams.processes import worker
 
         asyncio.run(worker.run(settings))
         return 0
     if args.command == "demo":
-        from streams import demo
+        from streams.processes import demo
 
         asyncio.run(demo.run(settings, users=args.users, follow_s=args.follow_s))
         return 0

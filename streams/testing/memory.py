@@ -12,9 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from streams import codec
-from streams.kafka import Output, Record
+from streams.kafka.client import Output, Record
+from streams.processes.worker import Rekeyer, TimelineAgent
 from streams.settings import Settings
-from streams.worker import Rekeyer, TimelineAgent
 
 
 class MemoryPipeline:

@@ -1,5 +1,5 @@
 -- Every SQL statement cronorch runs, by name. $n parameters only; loaded by streams.postgres.
--- Migrations live in streams/migrations/NNN_*.sql.
+-- Migrations live in streams/postgres/migrations/NNN_*.sql.
 
 -- name: create_schema_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -194,7 +194,7 @@ WITH gone AS (
 )
 SELECT count(*) FROM gone;
 
--- --- spawn sink, outbox relay, bootstrap (streams/spawnsink.py, relay.py, bootstrap.py) ----
+-- --- spawn sink, outbox relay, bootstrap (streams/processes/spawnsink.py, relay.py, bootstrap.py) ----
 
 -- name: spawn_task
 -- One instance of a series; its task.upserted outbox row only when the row is new. A

@@ -36,13 +36,15 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from streams import codec, kafka, metrics
+from streams import codec
 from streams.errors import BrokerUnavailable, Fenced, InvalidEvent
-from streams.jobs import backoff_cap_s
-from streams.kafka import Output, Record, TopicPartition
-from streams.logs import fields
-from streams.registry import Retries
+from streams.jobs.decisions import backoff_cap_s
+from streams.jobs.registry import Retries
+from streams.kafka import client as kafka
+from streams.kafka.client import Output, Record, TopicPartition
 from streams.settings import Settings
+from streams.telemetry import metrics
+from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.engine")
 T = TypeVar("T")

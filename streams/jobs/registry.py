@@ -29,9 +29,9 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from streams.cron import CronExpression, parse_cron
 from streams.errors import ConfigError, InvalidSchedule
-from streams.localtime import RFC5545, Ambiguous, DstPolicy, Nonexistent, zone
+from streams.timecore.cron import CronExpression, parse_cron
+from streams.timecore.localtime import RFC5545, Ambiguous, DstPolicy, Nonexistent, zone
 
 E = TypeVar("E", bound=StrEnum)
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from streams import jobs, registry
+from streams.jobs import decisions as jobs
+from streams.jobs import registry
 from streams.settings import Settings
 
 JOB_COMMANDS = ("migrate", "jobs", "job-runner")
@@ -76,7 +77,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     if args.command == "job-runner":
-        from streams import jobrunner
+        from streams.processes import jobrunner
 
         reg = registry.load(args.registry or _default_registry())  # refuses an invalid file
         asyncio.run(jobrunner.run(settings, reg))
@@ -102,7 +103,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 async def _migrate(settings: Settings) -> int:
-    from streams.postgres import Database
+    from streams.postgres.database import Database
 
     db = await Database.connect(settings.database_url.get_secret_value())
     try:
@@ -115,8 +116,8 @@ async def _migrate(settings: Settings) -> int:
 
 async def _database_command(args: argparse.Namespace, settings: Settings,
                             reg: registry.Registry) -> int:
-    from streams import jobrunner
-    from streams.postgres import Database
+    from streams.postgres.database import Database
+    from streams.processes import jobrunner
 
     if args.action == "run":
         reg.get(args.name)

@@ -1,14 +1,14 @@
 """PostgreSQL adapter: the asyncpg pool, migrations, named queries and error translation.
 
-Owns every conversation with PostgreSQL. SQL lives in ``streams/queries.sql`` (named blocks,
-``$n`` parameters) and ``streams/migrations/NNN_*.sql``; nothing here builds SQL from values.
-Driver errors never leave this module: connection loss, refused connections, timeouts,
+Owns every conversation with PostgreSQL. SQL lives in ``queries.sql`` beside this module
+(named blocks, ``$n`` parameters) and ``migrations/NNN_*.sql``; nothing here builds SQL from
+values. Driver errors never leave this module: connection loss, refused connections, timeouts,
 serialization failures, deadlocks and server shutdowns become ``DatabaseUnavailable``
 (retriable); everything else becomes ``DatabaseError`` — both chained with ``from``.
 
-Implements the ``streams.jobs.DataStore`` port plus what the job runner needs (slot claims,
-per-job advisory locks, pause state), and the tasks side: spawned instances with their outbox
-rows, per-user outbox claims for the relay, LISTEN wake-ups and read-only snapshots for
+Implements the ``streams.jobs.decisions.DataStore`` port plus what the job runner needs (slot
+claims, per-job advisory locks, pause state), and the tasks side: spawned instances with their
+outbox rows, per-user outbox claims for the relay, LISTEN wake-ups and read-only snapshots for
 bootstrap. Must not import the planning, runner, sink or relay modules.
 """
 
@@ -41,7 +41,7 @@ _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 @cache
 def queries() -> dict[str, str]:
     """The named queries of ``queries.sql``."""
-    text = (resources.files("streams") / "queries.sql").read_text(encoding="utf-8")
+    text = (resources.files("streams.postgres") / "queries.sql").read_text(encoding="utf-8")
     parts = _NAME.split(text)
     named = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
     for name, body in named.items():
@@ -52,7 +52,7 @@ def queries() -> dict[str, str]:
 
 def migrations() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration, in order."""
-    folder = resources.files("streams") / "migrations"
+    folder = resources.files("streams.postgres") / "migrations"
     out: list[tuple[int, str, str]] = []
     for entry in folder.iterdir():
         match = re.fullmatch(r"(\d{3})_[a-z0-9_]+\.sql", entry.name)

@@ -27,7 +27,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from streams.errors import InvalidSchedule
-from streams.localtime import RFC5545, DstPolicy, local_date_of, local_day_bounds, resolve
+from streams.timecore.localtime import RFC5545, DstPolicy, local_date_of, local_day_bounds, resolve
 
 MACROS = {
     "@yearly": "0 0 1 1 *",

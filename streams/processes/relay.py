@@ -38,12 +38,14 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from streams import kafka, lifecycle, metrics
 from streams.errors import SchedulerError
-from streams.kafka import Output
-from streams.logs import fields
-from streams.postgres import Database, Listener, OutboxRow
+from streams.kafka import client as kafka
+from streams.kafka.client import Output
+from streams.postgres.database import Database, Listener, OutboxRow
+from streams.processes import lifecycle
 from streams.settings import Settings
+from streams.telemetry import metrics
+from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.relay")
 CHANNEL = "cronorch_outbox"

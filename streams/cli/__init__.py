@@ -1,0 +1,2 @@
+"""The ``cronorch`` command line: entry point, sub-commands and the local dev stack.
+"""

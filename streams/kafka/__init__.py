@@ -1,0 +1,2 @@
+"""The Kafka adapter: the aiokafka client wrapper and the exactly-once partition engine.
+"""

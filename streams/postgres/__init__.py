@@ -1,0 +1,2 @@
+"""The PostgreSQL adapter: connection, stores, named queries (``queries.sql``), migrations.
+"""

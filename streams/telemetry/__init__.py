@@ -1,0 +1,2 @@
+"""Telemetry: Prometheus metrics and structured JSON logs.
+"""
