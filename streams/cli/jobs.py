@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from streams.cli import console
 from streams.jobs import decisions as jobs
 from streams.jobs import registry
 from streams.settings import Settings
@@ -26,13 +24,6 @@ JOB_COMMANDS = ("migrate", "jobs", "job-runner")
 
 def _default_registry() -> str:
     return os.environ.get("CRONORCH_JOBS_REGISTRY", "deploy/jobs.yaml")
-
-
-def _instant(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset; write it as 2026-03-08T07:00Z")
-    return value.astimezone(UTC)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     preview = with_registry(jobs_sub.add_parser("preview", help="the next slots of a job"))
     preview.add_argument("name")
     preview.add_argument("--count", type=int, default=10)
-    preview.add_argument("--from", dest="start", type=_instant, default=None,
+    preview.add_argument("--from", dest="start", type=console.instant, default=None,
                          help="list slots after this instant (default: now)")
     run = with_registry(jobs_sub.add_parser("run", help="run a job now (trigger 'manual')"))
     run.add_argument("name")
@@ -84,7 +75,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
         return 0
     if args.action == "validate":
         reg = registry.load(args.file)
-        _print({"file": args.file, "valid": True, "jobs": reg.names()})
+        console.print_json({"file": args.file, "valid": True, "jobs": reg.names()})
         return 0
     reg = registry.load(args.registry or _default_registry())
     if args.action == "preview":
@@ -96,8 +87,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
                 break
             slots.append({"scheduled_for": jobs.z(at),
                           "local": at.astimezone(job.tz).isoformat()})
-        _print({"job": job.name, "schedule": job.schedule.text, "timezone": job.timezone,
-                "slots": slots})
+        console.print_json({"job": job.name, "schedule": job.schedule.text,
+                            "timezone": job.timezone, "slots": slots})
         return 0
     return asyncio.run(_database_command(args, settings, reg))
 
@@ -110,7 +101,7 @@ async def _migrate(settings: Settings) -> int:
         applied = await db.migrate()
     finally:
         await db.close()
-    _print({"applied": applied})
+    console.print_json({"applied": applied})
     return 0
 
 
@@ -123,9 +114,9 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
         reg.get(args.name)
         run = await jobrunner.run_manual(settings, reg, args.name)
         if run is None:
-            _print({"job": args.name, "started": False})
+            console.print_json({"job": args.name, "started": False})
             return 1
-        _print(run.model_dump(mode="json"))
+        console.print_json(run.model_dump(mode="json"))
         return 0 if run.status == "succeeded" else 1
     db = await Database.connect(settings.database_url.get_secret_value())
     try:
@@ -145,15 +136,15 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
                         "trigger": previous["trigger"], "status": previous["status"],
                         "attempt": previous["attempt"]},
                 })
-            _print({"jobs": out})
+            console.print_json({"jobs": out})
         elif args.action == "pause":
             reg.get(args.name)
             await db.pause(args.name, args.reason)
-            _print({"job": args.name, "paused": True, "reason": args.reason})
+            console.print_json({"job": args.name, "paused": True, "reason": args.reason})
         elif args.action == "resume":
             job = reg.get(args.name)
             resume_from = await db.resume(args.name, from_now=args.from_now)
-            _print({"job": args.name, "paused": job.paused,
+            console.print_json({"job": args.name, "paused": job.paused,
                     "catch_up_from": None if resume_from is None else jobs.z(resume_from),
                     "note": "still paused by the registry (paused: true)" if job.paused
                     else None})
@@ -162,7 +153,3 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
     finally:
         await db.close()
     return 0
-
-
-def _print(value: object) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -11,20 +11,11 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import orjson
-
+from streams.cli import console, preview
 from streams.cli import jobs as jobcli
-from streams.cli import preview
 from streams.cli import tasks as taskcli
 from streams.errors import SchedulerError
-
-
-def _instant(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} has no offset; write it as 2026-03-08T07:00:00Z")
-    return value.astimezone(UTC)
+from streams.timecore.instants import format_instant
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     topics_sub.add_parser("ensure", help="create missing topics")
 
     tick = sub.add_parser("tick", help="publish ticks (live, or a range with --from/--to)")
-    tick.add_argument("--from", dest="start", type=_instant, help="first tick (range mode)")
-    tick.add_argument("--to", dest="end", type=_instant, help="last tick, inclusive (range mode)")
+    tick.add_argument("--from", dest="start", type=console.instant,
+                      help="first tick (range mode)")
+    tick.add_argument("--to", dest="end", type=console.instant,
+                      help="last tick, inclusive (range mode)")
     tick.add_argument("--step", type=int, default=None, help="seconds between ticks")
 
     sub.add_parser("worker", help="run the scheduling worker (re-keyer + timeline agent)")
@@ -83,13 +76,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             settings = Settings.from_env()
             timings["kafka_ready_s"] = asyncio.run(kafka.wait_ready(settings))
             created = asyncio.run(kafka.ensure_topics(settings))
-            _print({**devstack.status(stack), **{k: round(v, 2) for k, v in timings.items()},
-                    "topics_created": created})
+            console.print_json({**devstack.status(stack),
+                                **{k: round(v, 2) for k, v in timings.items()},
+                                "topics_created": created})
         elif args.action == "down":
             devstack.down(stack, wipe=args.wipe)
-            _print(devstack.status(stack))
+            console.print_json(devstack.status(stack))
         else:
-            _print(devstack.status(stack))
+            console.print_json(devstack.status(stack))
         return 0
 
     settings = Settings.from_env()
@@ -102,7 +96,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "topics":
         from streams.kafka import client as kafka
 
-        _print({"created": asyncio.run(kafka.ensure_topics(settings))})
+        console.print_json({"created": asyncio.run(kafka.ensure_topics(settings))})
         return 0
     if args.command == "tick":
         from streams.processes import tickproducer
@@ -112,7 +106,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.start is None or args.end is None:
                 raise SystemExit("cronorch tick: --from and --to go together")
             count = asyncio.run(tickproducer.publish_range(settings, args.start, args.end, step))
-            _print({"ticks": count, "from": args.start.isoformat(), "to": args.end.isoformat()})
+            console.print_json({"ticks": count, "from": format_instant(args.start),
+                                "to": format_instant(args.end)})
             return 0
         asyncio.run(tickproducer.run_live(settings, step))
         return 0
@@ -127,10 +122,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(demo.run(settings, users=args.users, follow_s=args.follow_s))
         return 0
     raise AssertionError(args.command)
-
-
-def _print(value: object) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 if __name__ == "__main__":

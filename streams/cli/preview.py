@@ -11,14 +11,16 @@ import argparse
 import itertools
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from schemas import TASK_EVENT_ADAPTER, Task, UserSettings
 from schemas.wire import WireError, loads
+from streams.cli import console
 from streams.errors import InvalidInput
+from streams.timecore.instants import format_seconds
 from streams.timecore.localtime import DstPolicy, zone
 from streams.timeline.planning import (
     DigestFire,
@@ -34,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     preview = sub.add_parser("preview", help="the next fires of a task, a digest or a series")
     kinds = preview.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--after", type=_instant, default=None,
+    common.add_argument("--after", type=console.instant, default=None,
                         help="show fires after this instant (default: now)")
     common.add_argument("-n", "--count", type=int, default=10)
     common.add_argument("--timezone", default="UTC", help="the user's IANA zone")
@@ -47,16 +49,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     digest.add_argument("--digest-time", default="09:00")
 
 
-def _instant(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset")
-    return value.astimezone(UTC)
-
-
 def _settings(args: argparse.Namespace, after: datetime) -> UserSettings:
     nonexistent, _, ambiguous = args.dst_policy.partition(",")
-    doc = {"type": "user.settings", "event_id": "preview", "occurred_at": _z(after),
+    doc = {"type": "user.settings", "event_id": "preview", "occurred_at": format_seconds(after),
            "user_id": "preview", "version": 1, "timezone": args.timezone,
            "digest_time": getattr(args, "digest_time", None),
            "dst_policy": {"nonexistent": nonexistent, "ambiguous": ambiguous or "first"}}
@@ -66,13 +61,9 @@ def _settings(args: argparse.Namespace, after: datetime) -> UserSettings:
         raise InvalidInput(f"preview settings: {exc}") from None
 
 
-def _z(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _row(kind: str, at: datetime, args: argparse.Namespace, **extra: object) -> dict[str, object]:
     local = at.astimezone(zone(args.timezone))
-    return {"kind": kind, "utc": _z(at), "local": local.isoformat(), **extra}
+    return {"kind": kind, "utc": format_seconds(at), "local": local.isoformat(), **extra}
 
 
 def run(args: argparse.Namespace, now: datetime) -> int:
@@ -95,7 +86,8 @@ def run(args: argparse.Namespace, now: datetime) -> int:
         rows += [_row("reminder.due", at, args) for at in reminders[:args.count]]
         tz, policy = zone(args.timezone), dst_policy_of(settings)
         for spawn in itertools.islice(_spawns(task, tz, policy, after), args.count):
-            occurrence = spawn.due_date.isoformat() if spawn.due_date else _z(spawn.due_instant)
+            occurrence = (spawn.due_date.isoformat() if spawn.due_date
+                          else format_seconds(spawn.due_instant))
             rows.append(_row("task.spawn", spawn.fire_at, args, occurrence=occurrence))
     for row in rows:
         sys.stdout.write(orjson.dumps(row).decode() + "\n")

@@ -13,18 +13,12 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import orjson
-
+from streams.cli import console
 from streams.settings import Settings
+from streams.timecore.instants import format_instant
 
 TASK_COMMANDS = ("spawn-sink", "relay", "bootstrap")
 
-
-def _instant(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset; write it as 2026-03-08T07:00Z")
-    return value.astimezone(UTC)
 
 
 def _positive(cast: Callable[[str], float]) -> Callable[[str], float]:
@@ -49,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                        help="poll only: no LISTEN/NOTIFY wake-ups (diagnostics)")
 
     boot = sub.add_parser("bootstrap", help="publish all user settings and open tasks")
-    boot.add_argument("--as-of", type=_instant, default=None,
+    boot.add_argument("--as-of", type=console.instant, default=None,
                       help="the events' occurred_at (default: now)")
     boot.add_argument("--chunk-size", type=_positive(int), default=1000)
     boot.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -78,9 +72,5 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
     result = asyncio.run(bootstrap.run(
         settings, as_of=as_of, chunk_size=args.chunk_size,
         progress=None if args.no_progress else sys.stderr))
-    _print({"as_of": as_of.isoformat().replace("+00:00", "Z"), **result})
+    console.print_json({"as_of": format_instant(as_of), **result})
     return 0
-
-
-def _print(value: object) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -15,6 +15,7 @@ import orjson
 
 from streams.kafka import client as kafka
 from streams.settings import Settings
+from streams.timecore.instants import format_seconds
 
 ZONES = ["America/New_York", "Europe/Berlin", "Asia/Kathmandu", "Australia/Lord_Howe",
          "America/Sao_Paulo", "Asia/Tokyo"]
@@ -31,22 +32,20 @@ def demo_events(now: datetime, users: int) -> list[tuple[bytes, bytes]]:
         zone = ZONES[i % len(ZONES)]
         events.append((user.encode(), orjson.dumps({
             "type": "user.settings", "event_id": str(uuid.uuid4()),
-            "occurred_at": _z(at), "user_id": user, "version": 1, "timezone": zone,
+            "occurred_at": format_seconds(at), "user_id": user, "version": 1, "timezone": zone,
             "digest_time": "09:00"})))
         for j in range(2):
             due = at + timedelta(minutes=2 + j, seconds=10 * i)
             events.append((user.encode(), orjson.dumps({
-                "type": "task.upserted", "event_id": str(uuid.uuid4()), "occurred_at": _z(at),
+                "type": "task.upserted", "event_id": str(uuid.uuid4()),
+                "occurred_at": format_seconds(at),
                 "task": {"task_id": f"{user}-task-{j + 1}", "user_id": user, "version": 1,
                          "title": TITLES[(i + j) % len(TITLES)], "status": "open",
-                         "due_at": _z(due),
-                         "reminders": [{"before_minutes": 1}, {"at": _z(due - timedelta(
+                         "due_at": format_seconds(due),
+                         "reminders": [{"before_minutes": 1}, {"at": format_seconds(due - timedelta(
                              seconds=90 - 5 * i))}]}})))
     return events
 
-
-def _z(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def run(settings: Settings, *, users: int, follow_s: float) -> None:
