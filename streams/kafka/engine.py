@@ -9,7 +9,7 @@ changelog writes, and p's consumed offset — commits in one Kafka transaction.
 Why not faust-streaming's ``processing_guarantee="exactly_once"``: in 0.15.3 a send to a
 topic the app does not consume goes through the plain producer outside the transaction,
 a revoke never aborts open transactions, and the send buffer is not drained before the
-commit (faust-streaming issues #177, #517, #323). tests/acceptance/test_faust_eos.py shows
+commit (faust-streaming issues #177, #517, #323). tests/acceptance/test_exactly_once.py shows
 the duplicates it produces under SIGKILL; docs/exactly-once.md explains the design.
 
 Transient failures (a broker restart, a timeout) reset p after an exponential backoff with
