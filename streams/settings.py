@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -37,6 +37,13 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""  # empty: the system's trusted CAs
+    kafka_ssl_certfile: str = ""  # client certificate (mutual TLS), with kafka_ssl_keyfile
+    kafka_ssl_keyfile: str = ""
     database_url: SecretStr = SecretStr("postgresql://cronorch@127.0.0.1:15432/cronorch")
     app_id: str = Field("cronorch", pattern=r"^[a-z0-9][a-z0-9.-]*$")
     topics: Topics = Topics()
@@ -68,12 +75,31 @@ class Settings(BaseModel):
         if topics:
             values["topics"] = Topics(**topics)
         try:
-            return cls(**values)
+            settings = cls(**values)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
             var = ENV.get(loc, loc.upper())
             raise ConfigError(var, first["msg"]) from None
+        settings.check_kafka_security()
+        return settings
+
+    def check_kafka_security(self) -> None:
+        """Reject a Kafka security setting that cannot work, naming its variable."""
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_"):
+            if not self.kafka_sasl_username:
+                raise ConfigError("KAFKA_SASL_USERNAME", f"is required with {protocol}")
+            if not self.kafka_sasl_password.get_secret_value():
+                raise ConfigError("KAFKA_SASL_PASSWORD", f"is required with {protocol}")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            missing = "KAFKA_SSL_KEYFILE" if self.kafka_ssl_certfile else "KAFKA_SSL_CERTFILE"
+            raise ConfigError(missing, "a client certificate needs both its certificate and key")
+        tls = protocol in ("SSL", "SASL_SSL")
+        for field in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            if getattr(self, field) and not tls:
+                raise ConfigError(ENV[field], f"is set but KAFKA_SECURITY_PROTOCOL is {protocol} "
+                                  "(TLS files need SSL or SASL_SSL)")
 
     def group_id(self, role: str) -> str:
         return f"{self.app_id}-{role}"
@@ -85,6 +111,13 @@ class Settings(BaseModel):
 
 ENV: dict[str, str] = {
     "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "kafka_security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "kafka_sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "kafka_sasl_username": "KAFKA_SASL_USERNAME",
+    "kafka_sasl_password": "KAFKA_SASL_PASSWORD",
+    "kafka_ssl_cafile": "KAFKA_SSL_CAFILE",
+    "kafka_ssl_certfile": "KAFKA_SSL_CERTFILE",
+    "kafka_ssl_keyfile": "KAFKA_SSL_KEYFILE",
     "database_url": "DATABASE_URL",
     "app_id": "CRONORCH_APP_ID",
     "task_events_partitions": "TASK_EVENTS_PARTITIONS",

@@ -5,6 +5,11 @@ Everything lives in throwaway directories: the jars in ``$CRONORCH_CACHE_DIR`` (
 ``~/.cache/cronorch``), data, logs and pid files in ``$CRONORCH_STATE_DIR`` (default
 ``/var/tmp/cronorch``). Both servers listen on 127.0.0.1 only. Readiness is polled, never slept
 for, and every failure ends in an ``InfrastructureError`` that says what to do.
+
+With ``CRONORCH_DEV_KAFKA_SECURE_PORT`` set, the broker also serves a SASL_SSL listener there
+(SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN; user ``cronorch``, password ``SECURE_PASSWORD``),
+with a certificate signed by a throwaway CA made by openssl in ``<state>/kafka/tls/ca.pem``:
+the stand-in for a managed Kafka in the security tests (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pathlib import Path
 from streams.errors import InfrastructureError
 
 KAFKA_VERSION = "4.4.0"
+SECURE_USER = "cronorch"
+SECURE_PASSWORD = "cronorch-dev-secret"  # a throwaway local broker's, never a real one's
+_KEYSTORE_PASSWORD = "cronorch-dev-keystore"
 _DETACHED: list[subprocess.Popen[bytes]] = []
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -35,6 +43,7 @@ class Stack:
     kafka_port: int
     controller_port: int
     pg_port: int
+    secure_port: int | None = None
 
     @classmethod
     def from_env(cls) -> Stack:
@@ -45,6 +54,8 @@ class Stack:
             kafka_port=int(env.get("CRONORCH_DEV_KAFKA_PORT", "19092")),
             controller_port=int(env.get("CRONORCH_DEV_CONTROLLER_PORT", "19093")),
             pg_port=int(env.get("CRONORCH_DEV_PG_PORT", "15432")),
+            secure_port=(int(env["CRONORCH_DEV_KAFKA_SECURE_PORT"])
+                         if env.get("CRONORCH_DEV_KAFKA_SECURE_PORT") else None),
         )
 
     @property
@@ -62,6 +73,14 @@ class Stack:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.kafka_dir / "tls"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
 
     @property
     def database_url(self) -> str:
@@ -135,14 +154,23 @@ def resolve_kafka_jars(stack: Stack) -> Path:
 
 
 def _kafka_properties(stack: Stack) -> str:
+    listeners = f"PLAINTEXT://127.0.0.1:{stack.kafka_port}"
+    advertised = listeners
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secure = ""
+    if stack.secure_port is not None:
+        listeners += f",SECURE://127.0.0.1:{stack.secure_port}"
+        advertised += f",SECURE://127.0.0.1:{stack.secure_port}"
+        protocols += ",SECURE:SASL_SSL"
+        secure = _secure_properties(stack)
     return f"""\
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{stack.controller_port}
-listeners=PLAINTEXT://127.0.0.1:{stack.kafka_port},CONTROLLER://127.0.0.1:{stack.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{stack.kafka_port}
+listeners={listeners},CONTROLLER://127.0.0.1:{stack.controller_port}
+advertised.listeners={advertised}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map={protocols}
 inter.broker.listener.name=PLAINTEXT
 log.dirs={stack.kafka_dir / "data"}
 num.partitions=1
@@ -159,7 +187,54 @@ group.consumer.heartbeat.interval.ms=1000
 group.consumer.min.heartbeat.interval.ms=1000
 transaction.max.timeout.ms=900000
 log.flush.interval.messages=9223372036854775807
+{secure}"""
+
+
+def _secure_properties(stack: Stack) -> str:
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+             f'user_{SECURE_USER}="{SECURE_PASSWORD}";')
+    return f"""\
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
+listener.name.secure.scram-sha-256.sasl.jaas.config={scram}
+listener.name.secure.scram-sha-512.sasl.jaas.config={scram}
+listener.name.secure.plain.sasl.jaas.config={plain}
+listener.name.secure.ssl.keystore.type=PKCS12
+listener.name.secure.ssl.keystore.location={stack.tls_dir / "broker.p12"}
+listener.name.secure.ssl.keystore.password={_KEYSTORE_PASSWORD}
+listener.name.secure.ssl.key.password={_KEYSTORE_PASSWORD}
 """
+
+
+def make_tls(folder: Path) -> Path:
+    """A throwaway CA and a broker certificate for 127.0.0.1 signed by it (openssl); returns
+    the CA file clients trust. Idempotent: an existing CA is kept."""
+    ca = folder / "ca.pem"
+    if ca.exists() and (folder / "broker.p12").exists():
+        return ca
+    if shutil.which("openssl") is None:
+        raise InfrastructureError(
+            "openssl is needed for the secure listener: apt-get install openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", "30", "-subj", "/CN=cronorch-dev-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "broker.pem", "-days", "30", "-extfile", "san.cnf"],
+        ["pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem",
+         "-out", "broker.p12", "-passout", f"pass:{_KEYSTORE_PASSWORD}"],
+    ]
+    for args in steps:
+        proc = subprocess.run(["openssl", *args], cwd=folder, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise InfrastructureError(f"openssl {args[0]} failed:\n{proc.stderr[-1000:]}")
+    return ca
+
+
 
 
 def start_kafka(stack: Stack) -> float:
@@ -167,8 +242,8 @@ def start_kafka(stack: Stack) -> float:
     pidfile = stack.kafka_dir / "kafka.pid"
     if _pid_alive(pidfile) and _port_open(stack.kafka_port):
         return 0.0
-    for port in (stack.kafka_port, stack.controller_port):
-        if _port_open(port):
+    for port in (stack.kafka_port, stack.controller_port, stack.secure_port):
+        if port is not None and _port_open(port):
             raise InfrastructureError(
                 f"port {port} is taken by another process; stop it or set "
                 "CRONORCH_DEV_KAFKA_PORT / CRONORCH_DEV_CONTROLLER_PORT"
@@ -176,13 +251,15 @@ def start_kafka(stack: Stack) -> float:
     jars = resolve_kafka_jars(stack)
     stack.kafka_dir.mkdir(parents=True, exist_ok=True)
     props = stack.kafka_dir / "server.properties"
+    if stack.secure_port is not None:
+        make_tls(stack.tls_dir)
     props.write_text(_kafka_properties(stack))
     classpath = f"{jars}/*"
     java = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
     if not (stack.kafka_dir / "data" / "meta.properties").exists():
         proc = subprocess.run(
             [*java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", _cluster_id(), "-c", str(props)],
+             "-t", _cluster_id(), "-c", str(props), *_scram_users(stack)],
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
@@ -204,6 +281,14 @@ def start_kafka(stack: Stack) -> float:
     except InfrastructureError as exc:
         tail = _tail(stack.kafka_dir / "kafka.log")
         raise InfrastructureError(f"{exc}; broker log:\n{tail}") from None
+
+
+def _scram_users(stack: Stack) -> list[str]:
+    """StorageTool arguments that create the secure listener's SCRAM user at format time."""
+    if stack.secure_port is None:
+        return []
+    return [arg for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512") for arg in (
+        "--add-scram", f"{mechanism}=[name={SECURE_USER},password={SECURE_PASSWORD}]")]
 
 
 def _cluster_id() -> str:

@@ -8,6 +8,8 @@ records as ``Record`` values. Producers are transactional and idempotent; consum
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
@@ -16,14 +18,20 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
     KafkaConnectionError,
     KafkaError,
     ProducerFenced,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
 )
+from aiokafka.helpers import create_ssl_context
 
-from streams.errors import BrokerUnavailable, Fenced
+from streams.errors import BrokerUnavailable, ConfigError, Fenced
 from streams.settings import Settings
 
 __all__ = ["TopicPartition"]
@@ -78,8 +86,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 @asynccontextmanager
 async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                 request_timeout_ms=15_000)
+    client = AIOKafkaAdminClient(**connection(settings), request_timeout_ms=15_000)
     try:
         await client.start()
     except KafkaError as exc:
@@ -91,7 +98,9 @@ async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
 
 
 async def wait_ready(settings: Settings, timeout_s: float = 60) -> float:
-    """Wait until the broker answers metadata requests; return the seconds waited."""
+    """Wait until the broker answers metadata requests; return the seconds waited. Rejected
+    credentials or an untrusted certificate fail at once with a ``ConfigError`` naming the
+    setting, instead of retrying until the timeout."""
     start = time.monotonic()
     last: Exception | None = None
     while time.monotonic() - start < timeout_s:
@@ -101,8 +110,38 @@ async def wait_ready(settings: Settings, timeout_s: float = 60) -> float:
                 return time.monotonic() - start
         except (BrokerUnavailable, KafkaError, OSError) as exc:
             last = exc
+            if settings.kafka_security_protocol != "PLAINTEXT":
+                await check_access(settings)
             await asyncio.sleep(0.2)
     raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap_servers} not ready: {last}")
+
+
+async def check_access(settings: Settings) -> None:
+    """Open one connection to the first bootstrap server the way every client does and turn
+    what aiokafka's bootstrap only logs (rejected credentials, a failed TLS handshake) into a
+    ``ConfigError`` naming the setting. An unreachable broker passes: that is retriable."""
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].strip().rpartition(":")
+    options = connection(settings)
+    options.pop("bootstrap_servers")
+    try:
+        conn = await create_conn(host, int(port), request_timeout_ms=10_000, **options)
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError("KAFKA_SSL_CAFILE", f"the broker's certificate is not trusted: "
+                          f"{exc.verify_message}") from exc
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+        raise ConfigError("KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD",
+                          f"the broker rejected the credentials of "
+                          f"{settings.kafka_sasl_username!r} "
+                          f"({settings.kafka_sasl_mechanism})") from exc
+    except (UnsupportedSaslMechanismError, AuthenticationMethodNotSupported) as exc:
+        raise ConfigError("KAFKA_SASL_MECHANISM", f"the broker does not accept "
+                          f"{settings.kafka_sasl_mechanism}: {exc}") from exc
+    except ssl.SSLError as exc:
+        raise ConfigError("KAFKA_SECURITY_PROTOCOL", f"the TLS handshake failed ({exc}); "
+                          "is the listener TLS?") from exc
+    except (TimeoutError, KafkaError, OSError):
+        return
+    conn.close()
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -135,9 +174,36 @@ async def partition_count(settings: Settings, topic: str) -> int:
     return len(described[0]["partitions"])
 
 
+def connection(settings: Settings) -> dict[str, Any]:
+    """The options every aiokafka client of every process gets: where the brokers are and how
+    to reach them (TLS, SASL). The one place that turns the security settings into a client."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
+                               "security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        for variable, path in (("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile),
+                               ("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
+                               ("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile)):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(variable, f"{path!r} is not a readable file")
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=settings.kafka_ssl_cafile or None,
+                certfile=settings.kafka_ssl_certfile or None,
+                keyfile=settings.kafka_ssl_keyfile or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("KAFKA_SSL_CAFILE / KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE",
+                              f"cannot load the TLS files: {exc}") from exc
+    if protocol.startswith("SASL_"):
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                       sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+    return options
+
+
 def producer(settings: Settings, transactional_id: str | None) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection(settings),
         transactional_id=transactional_id,
         enable_idempotence=True,
         transaction_timeout_ms=settings.transaction_timeout_ms,
@@ -151,8 +217,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None,
     """A ``read_committed`` consumer without auto-commit; ``kwargs`` override the defaults."""
     options: dict[str, Any] = {"isolation_level": "read_committed", "enable_auto_commit": False,
                                "auto_offset_reset": "earliest", **kwargs}
-    return AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap_servers,
-                            group_id=group_id, **options)
+    return AIOKafkaConsumer(*topics, group_id=group_id, **connection(settings), **options)
 
 
 def to_record(msg: Any) -> Record:

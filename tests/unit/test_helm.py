@@ -27,7 +27,9 @@ SCENARIOS = {
     "default": [],
     "monitoring": ["-f", str(CHART / "ci" / "monitoring-values.yaml")],
     "external": ["-f", str(CHART / "ci" / "external-values.yaml")],
+    "secure": ["-f", str(CHART / "ci" / "secure-values.yaml")],
 }
+SECRETS = {"DATABASE_URL", "KAFKA_SASL_PASSWORD"}
 ENV_NAMES = set(ENV.values()) | {f"TOPIC_{field.upper()}" for field in Topics.model_fields}
 DEPLOYMENTS = {"worker": ["worker"], "tick": ["tick"],
                "job-runner": ["job-runner", "--registry", "/etc/cronorch/jobs.yaml"],
@@ -125,8 +127,12 @@ def test_every_container_has_exactly_the_settings_environment(scenario: str) -> 
         assert set(env) == ENV_NAMES, name
         assert env["DATABASE_URL"] == {"name": "DATABASE_URL",
                                        "valueFrom": {"secretKeyRef": secret_ref}}, name
+        assert env["KAFKA_SASL_PASSWORD"] == {"name": "KAFKA_SASL_PASSWORD", "valueFrom": {
+            "secretKeyRef": {"name": "rel-cronorch-database", "key": "KAFKA_SASL_PASSWORD",
+                             "optional": True}}}, name
         # Read back exactly as a process does: the values are the chart's config.
-        environ = {k: e["value"] for k, e in env.items() if k != "DATABASE_URL"}
+        environ = {k: e["value"] for k, e in env.items() if k not in SECRETS}
+        environ["KAFKA_SASL_PASSWORD"] = config["kafka_sasl_password"]
         settings = Settings.from_env(environ)
         assert settings.model_dump(exclude={"database_url"}) == Settings(
             **config).model_dump(exclude={"database_url"}), name
@@ -145,6 +151,29 @@ def test_the_chart_secret_holds_the_configured_database_url() -> None:
 
 def test_an_existing_secret_replaces_the_chart_secret() -> None:
     assert of_kind(render("external"), "Secret") == []
+
+
+def test_kafka_sasl_password_and_tls_files_reach_every_container_from_secrets() -> None:
+    docs = render("secure")
+    secrets = of_kind(docs, "Secret")
+    assert [s["stringData"] for s in secrets] == [{
+        "DATABASE_URL": values("secure")["config"]["database_url"],
+        "KAFKA_SASL_PASSWORD": "test-only-password"}]
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert pods
+    for pod in pods:
+        assert {"name": "kafka-tls", "secret": {"secretName": "kafka-ca"}} in pod["volumes"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            assert {"name": "kafka-tls", "mountPath": "/etc/cronorch/kafka-tls",
+                    "readOnly": True} in container["volumeMounts"], container["name"]
+            text = str(container["env"])
+            assert "test-only-password" not in text, container["name"]
+
+
+def test_no_tls_volume_without_a_tls_secret() -> None:
+    for doc in render("default"):
+        if doc["kind"] in ("Deployment", "Job"):
+            assert "kafka-tls" not in str(doc), doc["metadata"]["name"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

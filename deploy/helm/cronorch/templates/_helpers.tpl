@@ -34,8 +34,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{- define "cronorch.chartSecretName" -}}
+{{- printf "%s-database" (include "cronorch.fullname" .) }}
+{{- end }}
+
 {{- define "cronorch.secretName" -}}
-{{- default (printf "%s-database" (include "cronorch.fullname" .)) .Values.databaseSecret.existingSecret }}
+{{- default (include "cronorch.chartSecretName" .) .Values.databaseSecret.existingSecret }}
+{{- end }}
+
+{{- define "cronorch.kafkaSecretName" -}}
+{{- default (include "cronorch.chartSecretName" .) .Values.kafkaSaslSecret.existingSecret }}
+{{- end }}
+
+{{/* The Kafka TLS Secret, mounted read-only in every container when named. */}}
+{{- define "cronorch.kafkaTlsMount" -}}
+{{- if .Values.kafkaTlsSecret.name }}
+- name: kafka-tls
+  mountPath: {{ .Values.kafkaTlsSecret.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "cronorch.kafkaTlsVolume" -}}
+{{- if .Values.kafkaTlsSecret.name }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.kafkaTlsSecret.name }}
+{{- end }}
 {{- end }}
 
 {{- define "cronorch.metricsEnabled" -}}
@@ -51,6 +76,24 @@ are not printed in float notation.
 {{- $c := .Values.config -}}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ $c.kafka_bootstrap_servers | quote }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ $c.kafka_security_protocol | quote }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ $c.kafka_sasl_mechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ $c.kafka_sasl_username | quote }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cronorch.kafkaSecretName" . }}
+      key: {{ .Values.kafkaSaslSecret.key }}
+      optional: true
+- name: KAFKA_SSL_CAFILE
+  value: {{ $c.kafka_ssl_cafile | quote }}
+- name: KAFKA_SSL_CERTFILE
+  value: {{ $c.kafka_ssl_certfile | quote }}
+- name: KAFKA_SSL_KEYFILE
+  value: {{ $c.kafka_ssl_keyfile | quote }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -165,6 +208,7 @@ spec:
               mountPath: /etc/cronorch
               readOnly: true
             {{- end }}
+            {{- include "cronorch.kafkaTlsMount" $root | nindent 12 }}
       volumes:
         - name: tmp
           emptyDir: {}
@@ -173,6 +217,7 @@ spec:
           configMap:
             name: {{ include "cronorch.fullname" $root }}-jobs
         {{- end }}
+        {{- include "cronorch.kafkaTlsVolume" $root | nindent 8 }}
       {{- with $spec.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}

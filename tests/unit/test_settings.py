@@ -1,0 +1,66 @@
+"""Settings from the environment: Kafka security is checked at the edge, naming the variable."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.kafka import client as kafka
+from streams.settings import Settings
+
+
+def test_plaintext_by_default_with_no_tls_and_no_sasl() -> None:
+    options = kafka.connection(Settings.from_env({}))
+    assert options == {"bootstrap_servers": "127.0.0.1:19092", "security_protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize(("env", "variable", "reason"), [
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL", "Input should be"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_PASSWORD": "x"},
+     "KAFKA_SASL_USERNAME", "is required with SASL_SSL"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"},
+     "KAFKA_SASL_PASSWORD", "is required with SASL_PLAINTEXT"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI",
+      "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}, "KAFKA_SASL_MECHANISM",
+     "Input should be"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/etc/hostname"},
+     "KAFKA_SSL_KEYFILE", "needs both"),
+    ({"KAFKA_SSL_CAFILE": "/etc/hostname"}, "KAFKA_SSL_CAFILE", "is PLAINTEXT"),
+])
+def test_a_bad_security_setting_names_its_variable(env: dict[str, str], variable: str,
+                                                   reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        Settings.from_env(env)
+    assert info.value.path == variable
+
+
+def test_sasl_ssl_gives_every_client_tls_and_credentials() -> None:
+    settings = Settings.from_env({
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": "s3cret"})
+    options = kafka.connection(settings)
+    assert isinstance(options.pop("ssl_context"), ssl.SSLContext)
+    assert options == {"bootstrap_servers": "127.0.0.1:19092", "security_protocol": "SASL_SSL",
+                       "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "svc",
+                       "sasl_plain_password": "s3cret"}
+    assert "s3cret" not in repr(settings)
+
+
+def test_a_missing_tls_file_is_named_when_a_client_is_made() -> None:
+    settings = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                                  "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"})
+    with pytest.raises(ConfigError, match="is not a readable file") as info:
+        kafka.connection(settings)
+    assert info.value.path == "KAFKA_SSL_CAFILE"
+
+
+def test_a_file_that_is_not_a_certificate_is_a_config_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate")
+    settings = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL",
+                                  "KAFKA_SSL_CAFILE": str(bogus)})
+    with pytest.raises(ConfigError, match="cannot load the TLS files"):
+        kafka.connection(settings)
