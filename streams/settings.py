@@ -45,6 +45,9 @@ class Settings(BaseModel):
     kafka_ssl_certfile: str = ""  # client certificate (mutual TLS), with kafka_ssl_keyfile
     kafka_ssl_keyfile: str = ""
     database_url: SecretStr = SecretStr("postgresql://cronorch@127.0.0.1:15432/cronorch")
+    pg_statement_timeout_ms: int = Field(300_000, ge=0)
+    pg_idle_in_transaction_timeout_ms: int = Field(60_000, ge=0)
+    pg_command_timeout_s: int = Field(330, ge=0)
     app_id: str = Field("cronorch", pattern=r"^[a-z0-9][a-z0-9.-]*$")
     topics: Topics = Topics()
     task_events_partitions: int = Field(6, ge=1)
@@ -119,6 +122,9 @@ ENV: dict[str, str] = {
     "kafka_ssl_certfile": "KAFKA_SSL_CERTFILE",
     "kafka_ssl_keyfile": "KAFKA_SSL_KEYFILE",
     "database_url": "DATABASE_URL",
+    "pg_statement_timeout_ms": "PG_STATEMENT_TIMEOUT_MS",
+    "pg_idle_in_transaction_timeout_ms": "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    "pg_command_timeout_s": "PG_COMMAND_TIMEOUT_S",
     "app_id": "CRONORCH_APP_ID",
     "task_events_partitions": "TASK_EVENTS_PARTITIONS",
     "timeline_partitions": "TIMELINE_PARTITIONS",

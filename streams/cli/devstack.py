@@ -9,7 +9,9 @@ for, and every failure ends in an ``InfrastructureError`` that says what to do.
 With ``CRONORCH_DEV_KAFKA_SECURE_PORT`` set, the broker also serves a SASL_SSL listener there
 (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN; user ``cronorch``, password ``SECURE_PASSWORD``),
 with a certificate signed by a throwaway CA made by openssl in ``<state>/kafka/tls/ca.pem``:
-the stand-in for a managed Kafka in the security tests (docs/operations.md).
+the stand-in for a managed Kafka in the security tests (docs/operations.md). With
+``CRONORCH_DEV_PG_TLS=1``, PostgreSQL serves TLS only (a certificate from the same kind of CA
+in ``<state>/postgres/tls/ca.pem``; plaintext TCP connections are rejected).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Stack:
     controller_port: int
     pg_port: int
     secure_port: int | None = None
+    pg_tls: bool = False
 
     @classmethod
     def from_env(cls) -> Stack:
@@ -56,6 +59,7 @@ class Stack:
             pg_port=int(env.get("CRONORCH_DEV_PG_PORT", "15432")),
             secure_port=(int(env["CRONORCH_DEV_KAFKA_SECURE_PORT"])
                          if env.get("CRONORCH_DEV_KAFKA_SECURE_PORT") else None),
+            pg_tls=env.get("CRONORCH_DEV_PG_TLS", "") in ("1", "true"),
         )
 
     @property
@@ -207,8 +211,9 @@ listener.name.secure.ssl.key.password={_KEYSTORE_PASSWORD}
 
 
 def make_tls(folder: Path) -> Path:
-    """A throwaway CA and a broker certificate for 127.0.0.1 signed by it (openssl); returns
-    the CA file clients trust. Idempotent: an existing CA is kept."""
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl):
+    ``server.pem``/``server.key`` and the same as PKCS#12 in ``broker.p12`` (Kafka's
+    keystore); returns the CA file clients trust. Idempotent: an existing CA is kept."""
     ca = folder / "ca.pem"
     if ca.exists() and (folder / "broker.p12").exists():
         return ca
@@ -220,11 +225,11 @@ def make_tls(folder: Path) -> Path:
     steps = [
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
          "-days", "30", "-subj", "/CN=cronorch-dev-ca"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
          "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-         "-CAcreateserial", "-out", "broker.pem", "-days", "30", "-extfile", "san.cnf"],
-        ["pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", "ca.pem",
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "server.pem", "-days", "30", "-extfile", "san.cnf"],
+        ["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-certfile", "ca.pem",
          "-out", "broker.p12", "-passout", f"pass:{_KEYSTORE_PASSWORD}"],
     ]
     for args in steps:
@@ -341,13 +346,14 @@ def start_postgres(stack: Stack) -> float:
         )
         if proc.returncode != 0:
             raise InfrastructureError(f"initdb failed:\n{proc.stderr[-2000:]}")
+    tls = _pg_tls_options(stack, data, user) if stack.pg_tls else ""
     start = time.monotonic()
     proc = subprocess.run(
         _pg_cmd([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(stack.pg_dir / "postgres.log"),
                  "-w", "-t", "60", "-o",
                  f"-p {stack.pg_port} -k {stack.pg_dir} -c listen_addresses=127.0.0.1 "
                  "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                 "-c max_connections=200", "start"]),
+                 f"-c max_connections=200{tls}", "start"]),
         capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
@@ -361,6 +367,23 @@ def start_postgres(stack: Stack) -> float:
     if exists != "1":
         _psql(stack, "CREATE DATABASE cronorch OWNER cronorch")
     return time.monotonic() - start
+
+
+def _pg_tls_options(stack: Stack, data: Path, user: str | None) -> str:
+    """Make the server certificate, refuse plaintext TCP in pg_hba.conf; the -c options."""
+    folder = stack.pg_dir / "tls"
+    make_tls(folder)
+    key = folder / "server.key"
+    key.chmod(0o600)  # PostgreSQL refuses a key that others can read
+    if user:
+        for path in (folder, key, folder / "server.pem"):
+            shutil.chown(path, user)
+    hba = data / "pg_hba.conf"
+    text = hba.read_text()
+    reject = "hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n"
+    if reject not in text:
+        hba.write_text(reject + text)
+    return f" -c ssl=on -c ssl_cert_file={folder / 'server.pem'} -c ssl_key_file={key}"
 
 
 def _psql(stack: Stack, sql: str) -> str:

@@ -96,7 +96,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
 async def _migrate(settings: Settings) -> int:
     from streams.postgres.database import Database
 
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     try:
         applied = await db.migrate()
     finally:
@@ -118,7 +118,7 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
             return 1
         console.print_json(run.model_dump(mode="json"))
         return 0 if run.status == "succeeded" else 1
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     try:
         if args.action == "list":
             states = await db.job_states()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import asyncpg
 import orjson
 
 from streams.errors import DatabaseError, DatabaseUnavailable
+from streams.settings import Settings
 
 MIGRATION_LOCK = 0x63726F6E6F7263  # "cronorc": one migrator at a time
 # SQLSTATEs a retry can help with: serialization failure, deadlock, lock timeout, statement
@@ -74,6 +76,11 @@ def translate(exc: BaseException) -> Exception:
                 exc, asyncpg.PostgresConnectionError):
             return DatabaseUnavailable(message)
         return DatabaseError(message, state)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Not retriable: the DSN's sslrootcert does not sign the server's certificate, or
+        # the host is not the one the certificate names (sslmode=verify-full).
+        return DatabaseError(f"DATABASE_URL: the server's certificate is not trusted: "
+                             f"{exc.verify_message}", "tls")
     # A connection that broke mid-query leaves asyncpg's protocol in a state it reports as
     # an internal client error; for us it is a lost connection like any other.
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
@@ -207,11 +214,29 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 1, max_size: int = 10,
-                      timeout_s: float = 10) -> Database:
+                      timeout_s: float = 10, statement_timeout_ms: int = 0,
+                      idle_in_transaction_timeout_ms: int = 0,
+                      command_timeout_s: float | None = None) -> Database:
+        """A pool on ``url`` (TLS as its ``sslmode``/``sslrootcert`` say). Every connection
+        gets the server-side statement and idle-in-transaction timeouts (0: none) and the
+        client-side ``command_timeout_s``."""
+        server_settings = {"statement_timeout": str(statement_timeout_ms),
+                           "idle_in_transaction_session_timeout":
+                               str(idle_in_transaction_timeout_ms)}
         async with _translated():
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                             timeout=timeout_s, command_timeout=None)
+                                             timeout=timeout_s, command_timeout=command_timeout_s,
+                                             server_settings=server_settings)
         return cls(pool)
+
+    @classmethod
+    async def open(cls, settings: Settings, **pool: Any) -> Database:
+        """``connect`` with the URL and the timeouts of ``settings``."""
+        return await cls.connect(
+            settings.database_url.get_secret_value(),
+            statement_timeout_ms=settings.pg_statement_timeout_ms,
+            idle_in_transaction_timeout_ms=settings.pg_idle_in_transaction_timeout_ms,
+            command_timeout_s=settings.pg_command_timeout_s or None, **pool)
 
     async def close(self) -> None:
         async with _translated():

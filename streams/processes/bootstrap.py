@@ -145,7 +145,7 @@ async def run(settings: Settings, *, as_of: datetime, chunk_size: int = 1000,
     """``cronorch bootstrap``: connect, publish the snapshot, close."""
     await kafka.wait_ready(settings)
     await kafka.ensure_topics(settings)
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     producer = kafka.producer(settings, None)
     try:
         try:

@@ -426,7 +426,7 @@ async def run_manual(settings: Settings, registry: Registry, name: str, *,
                      clock: Clock = lambda: datetime.now(UTC)) -> JobRun | None:
     """``cronorch jobs run NAME``: run the job now, in this process, recorded as manual."""
     job = registry.get(name)
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     producer, emit = await _emitter(settings)
     try:
         runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
@@ -448,7 +448,7 @@ async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | N
               clock: Clock = lambda: datetime.now(UTC)) -> None:
     """``cronorch job-runner``: the trigger agent and the runner until SIGTERM/SIGINT."""
     stop = await lifecycle.start(settings, stop)
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     producer, emit = await _emitter(settings)
     runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
     try:

@@ -163,7 +163,7 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
     """``cronorch relay``: publish the outbox until SIGTERM/SIGINT (or ``stop``)."""
     stop = await lifecycle.start(settings, stop)
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     producer = kafka.producer(settings, None)
     relay = Relay(settings, db, producer, clock=clock, batch_size=batch_size)
     started = time.monotonic()

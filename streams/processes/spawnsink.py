@@ -241,7 +241,7 @@ class SpawnSink:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """``cronorch spawn-sink``: consume task-commands until SIGTERM/SIGINT (or ``stop``)."""
     stop = await lifecycle.start(settings, stop)
-    db = await Database.connect(settings.database_url.get_secret_value())
+    db = await Database.open(settings)
     producer = kafka.producer(settings, None)
     consumer = kafka.consumer(settings, settings.topics.task_commands,
                               group_id=settings.group_id(ROLE),

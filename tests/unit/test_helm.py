@@ -153,7 +153,7 @@ def test_an_existing_secret_replaces_the_chart_secret() -> None:
     assert of_kind(render("external"), "Secret") == []
 
 
-def test_kafka_sasl_password_and_tls_files_reach_every_container_from_secrets() -> None:
+def test_kafka_sasl_password_and_tls_files_of_kafka_and_postgres_reach_every_container() -> None:
     docs = render("secure")
     secrets = of_kind(docs, "Secret")
     assert [s["stringData"] for s in secrets] == [{
@@ -163,8 +163,11 @@ def test_kafka_sasl_password_and_tls_files_reach_every_container_from_secrets() 
     assert pods
     for pod in pods:
         assert {"name": "kafka-tls", "secret": {"secretName": "kafka-ca"}} in pod["volumes"]
+        assert {"name": "pg-tls", "secret": {"secretName": "pg-ca"}} in pod["volumes"]
         for container in pod["containers"] + pod.get("initContainers", []):
             assert {"name": "kafka-tls", "mountPath": "/etc/cronorch/kafka-tls",
+                    "readOnly": True} in container["volumeMounts"], container["name"]
+            assert {"name": "pg-tls", "mountPath": "/etc/cronorch/pg-tls",
                     "readOnly": True} in container["volumeMounts"], container["name"]
             text = str(container["env"])
             assert "test-only-password" not in text, container["name"]
@@ -174,6 +177,7 @@ def test_no_tls_volume_without_a_tls_secret() -> None:
     for doc in render("default"):
         if doc["kind"] in ("Deployment", "Job"):
             assert "kafka-tls" not in str(doc), doc["metadata"]["name"]
+            assert "pg-tls" not in str(doc), doc["metadata"]["name"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -46,20 +46,30 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "cronorch.chartSecretName" .) .Values.kafkaSaslSecret.existingSecret }}
 {{- end }}
 
-{{/* The Kafka TLS Secret, mounted read-only in every container when named. */}}
-{{- define "cronorch.kafkaTlsMount" -}}
+{{/* The Kafka and PostgreSQL TLS Secrets, mounted read-only in every container when named. */}}
+{{- define "cronorch.tlsMounts" -}}
 {{- if .Values.kafkaTlsSecret.name }}
 - name: kafka-tls
   mountPath: {{ .Values.kafkaTlsSecret.mountPath }}
   readOnly: true
 {{- end }}
+{{- if .Values.databaseTlsSecret.name }}
+- name: pg-tls
+  mountPath: {{ .Values.databaseTlsSecret.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
-{{- define "cronorch.kafkaTlsVolume" -}}
+{{- define "cronorch.tlsVolumes" -}}
 {{- if .Values.kafkaTlsSecret.name }}
 - name: kafka-tls
   secret:
     secretName: {{ .Values.kafkaTlsSecret.name }}
+{{- end }}
+{{- if .Values.databaseTlsSecret.name }}
+- name: pg-tls
+  secret:
+    secretName: {{ .Values.databaseTlsSecret.name }}
 {{- end }}
 {{- end }}
 
@@ -99,6 +109,12 @@ are not printed in float notation.
     secretKeyRef:
       name: {{ include "cronorch.secretName" . }}
       key: {{ .Values.databaseSecret.key }}
+- name: PG_STATEMENT_TIMEOUT_MS
+  value: {{ int64 $c.pg_statement_timeout_ms | quote }}
+- name: PG_IDLE_IN_TRANSACTION_TIMEOUT_MS
+  value: {{ int64 $c.pg_idle_in_transaction_timeout_ms | quote }}
+- name: PG_COMMAND_TIMEOUT_S
+  value: {{ int64 $c.pg_command_timeout_s | quote }}
 - name: CRONORCH_APP_ID
   value: {{ $c.app_id | quote }}
 - name: TASK_EVENTS_PARTITIONS
@@ -208,7 +224,7 @@ spec:
               mountPath: /etc/cronorch
               readOnly: true
             {{- end }}
-            {{- include "cronorch.kafkaTlsMount" $root | nindent 12 }}
+            {{- include "cronorch.tlsMounts" $root | nindent 12 }}
       volumes:
         - name: tmp
           emptyDir: {}
@@ -217,7 +233,7 @@ spec:
           configMap:
             name: {{ include "cronorch.fullname" $root }}-jobs
         {{- end }}
-        {{- include "cronorch.kafkaTlsVolume" $root | nindent 8 }}
+        {{- include "cronorch.tlsVolumes" $root | nindent 8 }}
       {{- with $spec.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
