@@ -53,6 +53,7 @@ class Settings(BaseModel):
     task_events_partitions: int = Field(6, ge=1)
     timeline_partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(1, ge=1)
     tick_interval_s: int = Field(1, ge=1, le=3600)
     tick_catchup_max_s: int = Field(6 * 3600, ge=0)
     commit_interval_ms: int = Field(100, ge=0, le=60_000)
@@ -85,6 +86,10 @@ class Settings(BaseModel):
             var = ENV.get(loc, loc.upper())
             raise ConfigError(var, first["msg"]) from None
         settings.check_kafka_security()
+        if settings.min_insync_replicas > settings.replication_factor:
+            raise ConfigError("MIN_INSYNC_REPLICAS", f"{settings.min_insync_replicas} exceeds "
+                              f"REPLICATION_FACTOR {settings.replication_factor}: every "
+                              "acks=all write would fail")
         return settings
 
     def check_kafka_security(self) -> None:
@@ -129,6 +134,7 @@ ENV: dict[str, str] = {
     "task_events_partitions": "TASK_EVENTS_PARTITIONS",
     "timeline_partitions": "TIMELINE_PARTITIONS",
     "replication_factor": "REPLICATION_FACTOR",
+    "min_insync_replicas": "MIN_INSYNC_REPLICAS",
     "tick_interval_s": "TICK_INTERVAL_S",
     "tick_catchup_max_s": "TICK_CATCHUP_MAX_S",
     "commit_interval_ms": "COMMIT_INTERVAL_MS",

@@ -154,7 +154,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
             with suppress(TopicAlreadyExistsError):
                 await client.create_topics([
                     NewTopic(s.name, s.partitions, settings.replication_factor,
-                             topic_configs=s.config) for s in missing
+                             topic_configs={**s.config, "min.insync.replicas":
+                                            str(settings.min_insync_replicas)})
+                    for s in missing
                 ])
         # Creation is asynchronous in KRaft: wait until every partition has a leader.
         deadline = time.monotonic() + 30

@@ -14,8 +14,10 @@ bootstrap. Must not import the planning, runner, sink or relay modules.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -31,10 +33,12 @@ import orjson
 
 from streams.errors import DatabaseError, DatabaseUnavailable
 from streams.settings import Settings
+from streams.telemetry.logs import fields
 
 MIGRATION_LOCK = 0x63726F6E6F7263  # "cronorc": one migrator at a time
 # SQLSTATEs a retry can help with: serialization failure, deadlock, lock timeout, statement
 # timeout/cancel, server shutting down or starting, too many connections; class 08 (connection).
+log = logging.getLogger("cronorch.postgres")
 RETRIABLE_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03",
                               "53300", "53400"})
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
@@ -206,6 +210,15 @@ class Claim:
     note: str | None = None
 
 
+class SchemaBehind(DatabaseError):
+    """The database lacks migrations this version needs: run ``cronorch migrate``."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"the database schema lacks {', '.join(missing)}: run `cronorch "
+                         "migrate` (in the chart, the migrations hook Job does)", "schema")
+        self.missing = missing
+
+
 class Database:
     """A pool plus named-query methods; build with ``await Database.connect(url)``."""
 
@@ -261,6 +274,26 @@ class Database:
             return str(await self.pool.execute(queries()[name], *args))
 
     # --- migrations --------------------------------------------------------------------
+
+    async def missing_migrations(self) -> list[str]:
+        """The migrations this version has that the database has not applied (names)."""
+        q = queries()
+        async with _translated(), self.pool.acquire() as conn:
+            exists = await conn.fetchval(q["schema_migrations_exists"])
+            done = ({r["version"] for r in await conn.fetch(q["applied_migrations"])}
+                    if exists else set())
+        return [name for version, name, _ in migrations() if version not in done]
+
+    async def wait_for_schema(self, timeout_s: float = 300, poll_s: float = 2) -> None:
+        """Return once every migration of this version is applied; runtime processes call
+        this instead of migrating (only ``cronorch migrate``, the chart's hook, migrates).
+        Past ``timeout_s`` raise ``SchemaBehind`` naming what is missing."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while missing := await self.missing_migrations():
+            if asyncio.get_running_loop().time() >= deadline:
+                raise SchemaBehind(missing)
+            log.info("waiting for the database schema", extra=fields(missing=missing))
+            await asyncio.sleep(poll_s)
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations, one transaction each, under an advisory lock.

@@ -8,6 +8,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: schema_migrations_exists
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
 -- name: applied_migrations
 SELECT version FROM schema_migrations ORDER BY version;
 

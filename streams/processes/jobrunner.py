@@ -452,7 +452,7 @@ async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | N
     producer, emit = await _emitter(settings)
     runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
     try:
-        await db.migrate()
+        await db.wait_for_schema()
         await runner.sweep()
         log.info("job runner started", extra=fields(runner_id=runner.runner_id,
                                                     jobs=registry.names()))

@@ -168,7 +168,7 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
     relay = Relay(settings, db, producer, clock=clock, batch_size=batch_size)
     started = time.monotonic()
     try:
-        await db.migrate()
+        await db.wait_for_schema()
         try:
             await producer.start()
         except KafkaError as exc:

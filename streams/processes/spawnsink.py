@@ -249,7 +249,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     sink = SpawnSink(settings, db, producer)
     started = time.monotonic()
     try:
-        await db.migrate()
+        await db.wait_for_schema()
         try:
             await producer.start()
             await consumer.start()

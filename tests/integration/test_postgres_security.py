@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
 from streams.cli import devstack
 from streams.errors import DatabaseError
-from streams.postgres.database import Database
+from streams.postgres.database import Database, SchemaBehind
 from streams.settings import Settings
 from tests.integration.conftest import database, pg_stack  # noqa: F401 - fixtures
 
@@ -142,3 +143,39 @@ def test_a_session_idle_in_a_transaction_is_ended(database: str) -> None:  # noq
 
     with pytest.raises(Exception, match=r"idle-in-transaction|connection (was|is) closed"):
         asyncio.run(attempt())
+
+
+def test_runtime_processes_wait_for_the_schema_instead_of_migrating(
+        pg_stack: devstack.Stack) -> None:  # noqa: F811
+    """Only `cronorch migrate` migrates; a process started first waits, then goes on."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin_url = Settings.from_env().database_url.get_secret_value()
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    async def scenario() -> tuple[list[str], str, list[str]]:
+        admin = await asyncpg.connect(admin_url)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            db = await Database.connect(url)
+            try:
+                missing = await db.missing_migrations()
+                with pytest.raises(SchemaBehind) as info:
+                    await db.wait_for_schema(timeout_s=0.5, poll_s=0.1)
+                waiting = asyncio.create_task(db.wait_for_schema(timeout_s=30, poll_s=0.1))
+                await asyncio.sleep(0.3)
+                assert not waiting.done()
+                migrator = await Database.connect(url)
+                await migrator.migrate()
+                await migrator.close()
+                await asyncio.wait_for(waiting, 10)
+                return missing, str(info.value), await db.missing_migrations()
+            finally:
+                await db.close()
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+    missing, message, after = asyncio.run(scenario())
+    assert missing and missing[0].startswith("001_")
+    assert "run `cronorch migrate`" in message and missing[-1] in message
+    assert after == []

@@ -28,8 +28,10 @@ SCENARIOS = {
     "monitoring": ["-f", str(CHART / "ci" / "monitoring-values.yaml")],
     "external": ["-f", str(CHART / "ci" / "external-values.yaml")],
     "secure": ["-f", str(CHART / "ci" / "secure-values.yaml")],
+    "production": ["-f", str(CHART / "values-production.yaml")],
 }
 SECRETS = {"DATABASE_URL", "KAFKA_SASL_PASSWORD"}
+SECRET_FIELDS = {"database_url", "kafka_sasl_password"}
 ENV_NAMES = set(ENV.values()) | {f"TOPIC_{field.upper()}" for field in Topics.model_fields}
 DEPLOYMENTS = {"worker": ["worker"], "tick": ["tick"],
                "job-runner": ["job-runner", "--registry", "/etc/cronorch/jobs.yaml"],
@@ -41,20 +43,24 @@ OPTIONAL = ("job-runner", "spawn-sink", "relay")  # those with `enabled`
 
 
 @cache
-def helm() -> str:
-    """$HELM, else the one scripts/setup builds ($GOPATH/bin, ~/go/bin), else PATH."""
-    candidates = [os.environ.get("HELM", "")]
+def go_tool(name: str) -> str:
+    """$NAME, else the one scripts/setup builds ($GOPATH/bin, ~/go/bin), else PATH."""
+    candidates = [os.environ.get(name.upper(), "")]
     go = shutil.which("go") or "/usr/local/go/bin/go"
     if Path(go).exists():
         gopath = subprocess.run([go, "env", "GOPATH"], capture_output=True, text=True,
                                 check=False).stdout.strip()
         if gopath:
-            candidates.append(str(Path(gopath) / "bin" / "helm"))
-    candidates += [str(Path.home() / "go" / "bin" / "helm"), shutil.which("helm") or ""]
+            candidates.append(str(Path(gopath) / "bin" / name))
+    candidates += [str(Path.home() / "go" / "bin" / name), shutil.which(name) or ""]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    pytest.fail("helm not found: run scripts/setup (it builds helm from the Go module proxy)")
+    pytest.fail(f"{name} not found: run scripts/setup (it builds it from the Go module proxy)")
+
+
+def helm() -> str:
+    return go_tool("helm")
 
 
 def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -132,21 +138,20 @@ def test_every_container_has_exactly_the_settings_environment(scenario: str) -> 
                              "optional": True}}}, name
         # Read back exactly as a process does: the values are the chart's config.
         environ = {k: e["value"] for k, e in env.items() if k not in SECRETS}
-        environ["KAFKA_SASL_PASSWORD"] = config["kafka_sasl_password"]
+        environ["KAFKA_SASL_PASSWORD"] = config["kafka_sasl_password"] or "from-a-secret"
         settings = Settings.from_env(environ)
-        assert settings.model_dump(exclude={"database_url"}) == Settings(
-            **config).model_dump(exclude={"database_url"}), name
+        assert settings.model_dump(exclude=SECRET_FIELDS) == Settings(
+            **config).model_dump(exclude=SECRET_FIELDS), name
 
 
 def test_the_chart_secret_holds_the_configured_database_url() -> None:
     secrets = of_kind(render("default"), "Secret")
     assert len(secrets) == 1
     assert secrets[0]["stringData"] == {"DATABASE_URL": values("default")["config"]["database_url"]}
-    # A hook that exists before the migrations Job, which needs it.
-    annotations = secrets[0]["metadata"]["annotations"]
+    # A normal release resource (deleted on uninstall); the migrations hook runs after it.
+    assert "annotations" not in secrets[0]["metadata"]
     job = of_kind(render("default"), "Job")[0]["metadata"]["annotations"]
-    assert annotations["helm.sh/hook"] == job["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert int(annotations["helm.sh/hook-weight"]) < int(job["helm.sh/hook-weight"])
+    assert job["helm.sh/hook"] == "post-install,post-upgrade"
 
 
 def test_an_existing_secret_replaces_the_chart_secret() -> None:
@@ -294,7 +299,7 @@ def test_image_tag_defaults_to_the_app_version() -> None:
 
 def test_migrations_hook_job_runs_migrate_then_topics_ensure() -> None:
     (job,) = of_kind(render("default"), "Job")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     pod = job["spec"]["template"]["spec"]
     assert [c["args"] for c in pod["initContainers"]] == [["migrate"]]
     assert [c["args"] for c in pod["containers"]] == [["topics", "ensure"]]
@@ -392,3 +397,59 @@ def test_every_container_command_parses_with_the_cli(scenario: str) -> None:
     for name, container in containers(render(scenario)):
         args = parser.parse_args(container["args"])  # SystemExit on an unknown command
         assert args.command == container["args"][0], name
+
+
+# --- production values and offline schema validation -------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_manifests_pass_offline_schema_validation(scenario: str) -> None:
+    rendered = run_helm("template", "rel", str(CHART), "--namespace", "todo",
+                        *SCENARIOS[scenario])
+    assert rendered.returncode == 0, rendered.stderr
+    proc = subprocess.run([go_tool("kubevalidate")], input=rendered.stdout, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "manifests valid" in proc.stdout
+
+
+def test_offline_schema_validation_can_fail() -> None:
+    rendered = run_helm("template", "rel", str(CHART), "--namespace", "todo").stdout
+    broken = rendered.replace("containerPort:", "containerPrt:", 1)
+    proc = subprocess.run([go_tool("kubevalidate")], input=broken, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert proc.returncode == 1
+    assert 'unknown field "spec.template.spec.containers[0].ports[0].containerPrt"' in proc.stdout
+
+
+def test_production_values_replicate_and_guard_the_deployment() -> None:
+    docs = render("production")
+    config = values("production")["config"]
+    assert (config["replication_factor"], config["min_insync_replicas"]) == (3, 2)
+    pdbs = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]
+            for d in of_kind(docs, "PodDisruptionBudget")}
+    assert set(pdbs) == set(DEPLOYMENTS)
+    assert all(spec["maxUnavailable"] == 1 for spec in pdbs.values())
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 5432, 9092, 9093, 9094}
+    (scaled,) = of_kind(docs, "ScaledObject")
+    assert scaled["spec"]["maxReplicaCount"] <= config["timeline_partitions"]
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "cronorch-timeline"
+
+
+def test_keda_may_not_scale_past_the_timeline_partitions() -> None:
+    proc = run_helm("template", "rel", str(CHART), "--set", "worker.keda.enabled=true",
+                    "--set", "worker.keda.maxReplicas=7")
+    assert proc.returncode != 0
+    assert "worker.keda.maxReplicas (7) must not exceed config.timeline_partitions (6)" in (
+        proc.stderr)
+
+
+def test_defaults_render_no_pdb_networkpolicy_or_scaledobject() -> None:
+    docs = render("default")
+    for kind in ("PodDisruptionBudget", "NetworkPolicy", "ScaledObject"):
+        assert of_kind(docs, kind) == [], kind

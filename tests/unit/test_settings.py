@@ -64,3 +64,10 @@ def test_a_file_that_is_not_a_certificate_is_a_config_error(tmp_path: Path) -> N
                                   "KAFKA_SSL_CAFILE": str(bogus)})
     with pytest.raises(ConfigError, match="cannot load the TLS files"):
         kafka.connection(settings)
+
+
+def test_min_insync_replicas_may_not_exceed_the_replication_factor() -> None:
+    with pytest.raises(ConfigError, match="exceeds REPLICATION_FACTOR 1") as info:
+        Settings.from_env({"MIN_INSYNC_REPLICAS": "2"})
+    assert info.value.path == "MIN_INSYNC_REPLICAS"
+    assert Settings.from_env({"MIN_INSYNC_REPLICAS": "2", "REPLICATION_FACTOR": "3"})

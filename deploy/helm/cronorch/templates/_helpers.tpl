@@ -123,6 +123,8 @@ are not printed in float notation.
   value: {{ int64 $c.timeline_partitions | quote }}
 - name: REPLICATION_FACTOR
   value: {{ int64 $c.replication_factor | quote }}
+- name: MIN_INSYNC_REPLICAS
+  value: {{ int64 $c.min_insync_replicas | quote }}
 - name: TICK_INTERVAL_S
   value: {{ int64 $c.tick_interval_s | quote }}
 - name: TICK_CATCHUP_MAX_S
