@@ -78,6 +78,7 @@ scrape_configs:
         await eventually(moved, 90, "cronorch_records_total to reach Prometheus")
         up = _query(base, "/api/v1/query", query='up{component="worker"}')["result"]
         groups = _query(base, "/api/v1/rules")["groups"]
+        alerts = _query(base, "/api/v1/alerts")["alerts"]
         guards = [_query(base, "/api/v1/query", query=f'absent(up{{component="{c}"}} == 1)')
                   ["result"] for c in ("worker", "tick")]
         return up, groups, alerts, guards
