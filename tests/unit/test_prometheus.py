@@ -149,3 +149,26 @@ def test_a_misspelt_metric_would_be_caught() -> None:
     assert "cronorch_tick_lag_ms" not in series
     assert "cronorch_transactions" not in series  # a counter is exposed with _total
     assert "cronorch_watermark_timestamp_seconds_bucket" not in series
+
+
+# --- the Grafana dashboard (deploy/grafana/cronorch-dashboard.json) ----------------------------
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "cronorch-dashboard.json"
+
+
+def test_dashboard_queries_parse_and_name_only_defined_series(tmp_path: Path) -> None:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    series = defined_series()
+    for expr in exprs:
+        for name in re.findall(r"\bcronorch_[a-z_]+", expr):
+            assert name in series, f"{name} in the dashboard is not in streams/telemetry/metrics.py"
+    # promtool parses every expression as a rule would.
+    rules_file = tmp_path / "dashboard_rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:panel{i}", "expr": e} for i, e in enumerate(exprs)]}]}))
+    proc = promtool("check", "rules", str(rules_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
