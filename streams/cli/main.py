@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     tick.add_argument("--step", type=int, default=None, help="seconds between ticks")
 
     sub.add_parser("worker", help="run the scheduling worker (re-keyer + timeline agent)")
+    backfill = sub.add_parser(
+        "backfill", help="emit, exactly once, what should have fired in a window and is missing")
+    backfill.add_argument("--from", dest="start", type=console.instant, required=True,
+                          help="first fire instant of the window")
+    backfill.add_argument("--to", dest="end", type=console.instant, required=True,
+                          help="last fire instant of the window (inclusive)")
+    backfill.add_argument("--dry-run", action="store_true",
+                          help="print the difference, emit nothing")
+    backfill.add_argument("--no-progress", action="store_true",
+                          help="no progress bar on stderr")
     demo = sub.add_parser("demo", help="publish demo users and tasks, then print notifications")
     demo.add_argument("--users", type=int, default=6)
     demo.add_argument("--follow-s", type=float, default=90.0,
@@ -115,6 +125,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from streams.processes import worker
 
         asyncio.run(worker.run(settings))
+        return 0
+    if args.command == "backfill":
+        from streams.processes import backfill
+        from streams.telemetry import logs
+
+        logs.configure(settings.log_level)
+        console.print_json(asyncio.run(backfill.run(
+            settings, args.start, args.end, dry_run=args.dry_run,
+            progress=None if args.no_progress else sys.stderr)))
         return 0
     if args.command == "demo":
         from streams.processes import demo

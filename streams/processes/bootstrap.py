@@ -38,6 +38,7 @@ from streams.kafka.client import Output
 from streams.postgres.database import Database
 from streams.settings import Settings
 from streams.telemetry.logs import fields
+from streams.telemetry.progress import Progress
 
 log = logging.getLogger("cronorch.bootstrap")
 _NAMESPACE = uuid.UUID("0b7d2c56-7f0e-4c53-8d0a-3f1e9c2b6a41")
@@ -69,30 +70,6 @@ def task_event(row: dict[str, Any], as_of: datetime) -> TaskUpserted:
            "event_id": str(uuid.uuid5(_NAMESPACE, f"task|{row['task_id']}|{row['version']}")),
            "occurred_at": as_of, "task": task}
     return loads(TaskUpserted, orjson.dumps(doc))
-
-
-class Progress:
-    """``\\r<done>/<total> <what> (<pct>%)`` on ``out``; a newline when a phase ends."""
-
-    def __init__(self, out: TextIO | None, what: str, total: int) -> None:
-        self.out, self.what, self.total, self.done = out, what, total, 0
-        self.show()
-
-    def add(self, count: int) -> None:
-        self.done += count
-        self.show()
-
-    def show(self) -> None:
-        if self.out is None:
-            return
-        pct = 100 if self.total == 0 else self.done * 100 // self.total
-        self.out.write(f"\r{self.done}/{self.total} {self.what} ({pct}%)")
-        self.out.flush()
-
-    def end(self) -> None:
-        if self.out is not None:
-            self.out.write("\n")
-            self.out.flush()
 
 
 async def publish_snapshot(settings: Settings, db: Database, producer: Any, *,
