@@ -118,7 +118,7 @@ class TriggerAgent:
             watermark = item.tick_at
         if watermark is not None and watermark != before:
             self.watermarks[partition] = watermark
-            outputs.append(Output(self.changelog_topic or "", WATERMARK,
+            outputs.append(Output(self.settings.topics.job_trigger_changelog, WATERMARK,
                                   codec.encode_tick(watermark), partition))
         return outputs
 
