@@ -52,6 +52,7 @@ class DueSlots:
 
     slots: tuple[SlotDecision, ...]
     uncounted_missed: int = 0  # slots beyond ``MAX_SLOTS`` that were not enumerated
+    following: datetime | None = None  # the first slot after ``until``: the next to decide
 
     @property
     def to_run(self) -> list[datetime]:
@@ -73,8 +74,10 @@ def slots_due(job: Job, after: datetime, until: datetime, grid_s: float = 0.0) -
     window = timedelta(seconds=max(job.catchup_window_s, grid_s))
     fires: list[datetime] = []
     uncounted = 0
+    following = None
     for fire in job.fires(after):
         if fire > until:
+            following = fire
             break
         if len(fires) == MAX_SLOTS:
             # Keep the newest MAX_SLOTS: the candidates are at the end.
@@ -98,7 +101,7 @@ def slots_due(job: Job, after: datetime, until: datetime, grid_s: float = 0.0) -
         else:
             disposition = Disposition.MISSED
         decisions.append(SlotDecision(fire, disposition, late_s, late_s > grid_s))
-    return DueSlots(tuple(decisions), uncounted)
+    return DueSlots(tuple(decisions), uncounted, following)
 
 
 class OverlapAction(StrEnum):

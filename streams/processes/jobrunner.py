@@ -123,38 +123,35 @@ class TriggerAgent:
         return outputs
 
     def _decide(self, partition: int, previous: datetime, tick_at: datetime) -> list[Output]:
-        jobs_due = []
+        outputs: list[Output] = []
         for job in self.registry.jobs:
             key = (partition, job.name)
             if key not in self.next_slots:
                 self.next_slots[key] = next(job.fires(previous), None)
-            nxt = self.next_slots[key]
-            if nxt is not None and nxt <= tick_at:
-                jobs_due.append(job)
-                self.next_slots[key] = next(job.fires(tick_at), None)
-        if not jobs_due:
-            return []
-        return decide(self.settings, jobs_due, previous, tick_at)
+            upcoming = self.next_slots[key]
+            if upcoming is None or upcoming > tick_at:
+                continue
+            due = jobs.slots_due(job, previous, tick_at, self.settings.tick_interval_s)
+            self.next_slots[key] = due.following
+            outputs += triggers(self.settings, job, due, tick_at)
+        return outputs
 
 
-def decide(settings: Settings, due_jobs: Iterable[Job], previous: datetime,
-           tick_at: datetime) -> list[Output]:
-    """One JobTrigger for every slot of every job that tick ``tick_at`` makes due, the tick
-    before it being ``previous``; coalesced and missed slots are sent too, to be recorded."""
+def triggers(settings: Settings, job: Job, due: jobs.DueSlots,
+             tick_at: datetime) -> list[Output]:
+    """One JobTrigger for every slot of ``job`` that tick ``tick_at`` decided; coalesced and
+    missed slots are sent too, for the runner to record."""
     outputs: list[Output] = []
-    for job in due_jobs:
-        due = jobs.slots_due(job, previous, tick_at, settings.tick_interval_s)
-        for slot in due.slots:
-            metrics.JOB_TRIGGERS.labels(job.name, slot.disposition.value).inc()
-            trigger = JobTrigger(trigger_id=jobs.trigger_id(job.name, slot.scheduled_for),
-                                 job=job.name, scheduled_for=slot.scheduled_for,
-                                 tick_at=tick_at, trigger="schedule",
-                                 disposition=slot.disposition.value, late=slot.late)
-            outputs.append(Output(settings.topics.job_triggers, job.name.encode(),
-                                  dumps(trigger)))
-        if due.uncounted_missed:
-            log.warning("job slots missed beyond the enumeration bound", extra=fields(
-                job=job.name, missed=due.uncounted_missed, tick_at=_z(tick_at)))
+    for slot in due.slots:
+        metrics.JOB_TRIGGERS.labels(job.name, slot.disposition.value).inc()
+        trigger = JobTrigger(trigger_id=jobs.trigger_id(job.name, slot.scheduled_for),
+                             job=job.name, scheduled_for=slot.scheduled_for, tick_at=tick_at,
+                             trigger="schedule", disposition=slot.disposition.value,
+                             late=slot.late)
+        outputs.append(Output(settings.topics.job_triggers, job.name.encode(), dumps(trigger)))
+    if due.uncounted_missed:
+        log.warning("job slots missed beyond the enumeration bound", extra=fields(
+            job=job.name, missed=due.uncounted_missed, tick_at=_z(tick_at)))
     return outputs
 
 

@@ -121,7 +121,7 @@ def test_changelog_value_is_a_tick_record() -> None:
     assert orjson.loads(entry.value or b"") == {"type": "tick", "tick_at": "2027-03-12T00:01:00Z"}
 
 
-TICKS = st.lists(st.integers(1, 200), min_size=1, max_size=60).map(
+TICKS = st.lists(st.integers(1, 200), min_size=1, max_size=40).map(
     lambda steps: [T0 + timedelta(minutes=sum(steps[:i + 1])) for i in range(len(steps))])
 JOBS = [
     ARCHIVE,
@@ -134,8 +134,8 @@ JOBS = [
 ]
 
 
-@settings(max_examples=60, deadline=None)
-@given(ticks=TICKS, cuts=st.lists(st.integers(0, 60)), restarts=st.lists(st.integers(0, 60)),
+@settings(max_examples=40, deadline=None)
+@given(ticks=TICKS, cuts=st.lists(st.integers(0, 80)), restarts=st.lists(st.integers(0, 80)),
        duplicates=st.booleans())
 def test_decisions_do_not_depend_on_batches_or_restarts(
         ticks: list[datetime], cuts: list[int], restarts: list[int], duplicates: bool) -> None:
