@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from typing import Literal, TypeAlias
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from schemas.values import Count, InputModel, Instant, NonEmptyStr, OutputModel
 
 JobTriggerKind: TypeAlias = Literal["schedule", "manual", "backfill"]
+JobDisposition: TypeAlias = Literal["run", "coalesced", "missed"]
 
 
 class JobTrigger(InputModel):
-    """A slot (job, scheduled_for) that is due to run; the runner claims it at most once."""
+    """A slot (job, scheduled_for) decided at tick ``tick_at``; the runner claims it at most
+    once. ``disposition`` ``run`` runs it; ``coalesced`` and ``missed`` (added in v1.2, absent
+    means ``run``) only record it, so every decided slot has its row in the run log.
+    ``late``: decided more than one tick grid step after the slot (a gap in the ticks)."""
 
     type: Literal["job.trigger"] = "job.trigger"
     trigger_id: NonEmptyStr
@@ -26,6 +30,8 @@ class JobTrigger(InputModel):
     scheduled_for: Instant
     tick_at: Instant
     trigger: JobTriggerKind
+    disposition: JobDisposition = "run"
+    late: StrictBool = False
 
 
 class JobRun(OutputModel):

@@ -29,6 +29,7 @@ class Topics(BaseModel):
     state_changelog: str = "scheduler.state-changelog"
     job_triggers: str = "scheduler.job-triggers"
     job_runs: str = "scheduler.job-runs"
+    job_trigger_changelog: str = "scheduler.job-trigger-changelog"
 
 
 class Settings(BaseModel):

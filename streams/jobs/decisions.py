@@ -1,8 +1,9 @@
 """Maintenance jobs: the pure decisions, and the built-in kinds written against a port.
 
 Owns
-- which slots of a job are due between two ticks, and what happens to each (catch-up
-  window, coalesce ``latest | earliest | all``): ``slots_due``;
+- which slots of a job a tick makes due (those after the previous tick), and what
+  happens to each (on time within the tick grid, late within the catch-up window, missed
+  beyond it; coalesce ``latest | earliest | all``): ``slots_due``;
 - what a slot does when its job is still running (overlap ``skip | buffer_one | allow``):
   ``overlap_action``;
 - whether and how long to wait before another attempt (exponential backoff with full
@@ -41,7 +42,8 @@ class Disposition(StrEnum):
 class SlotDecision:
     scheduled_for: datetime
     disposition: Disposition
-    late_s: float
+    late_s: float  # the deciding tick minus the slot
+    late: bool = False  # later than one tick grid step: the ticks had a gap before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +52,32 @@ class DueSlots:
 
     slots: tuple[SlotDecision, ...]
     uncounted_missed: int = 0  # slots beyond ``MAX_SLOTS`` that were not enumerated
+    following: datetime | None = None  # the first slot after ``until``: the next to decide
 
     @property
     def to_run(self) -> list[datetime]:
         return [s.scheduled_for for s in self.slots if s.disposition is Disposition.RUN]
 
 
-def slots_due(job: Job, after: datetime, until: datetime) -> DueSlots:
-    """Decide the slots in ``(after, until]`` seen at tick ``until``.
+def slots_due(job: Job, after: datetime, until: datetime, grid_s: float = 0.0) -> DueSlots:
+    """Decide the slots in ``(after, until]`` at tick ``until``, ``after`` being the tick
+    before it.
 
-    A slot F is late by ``until - F``; within ``catchup_window_s`` it is a candidate,
-    otherwise missed. Of the candidates, ``coalesce`` picks the latest, the earliest or all;
-    the others are coalesced away.
+    Called once per tick, so every slot S is decided at the first tick T ≥ S, and the
+    decision is a function of the tick log alone. S is late by ``T - S``: on time up to
+    ``grid_s`` (the tick grid: a slot between two grid ticks waits for the next one), late
+    up to ``catchup_window_s``, missed beyond both. Of the slots that are not missed,
+    ``coalesce`` picks the latest, the earliest or all; the others are coalesced away.
+    Without a gap in the ticks a tick makes at most the slots of one grid step due, all on
+    time.
     """
-    window = timedelta(seconds=job.catchup_window_s)
+    window = timedelta(seconds=max(job.catchup_window_s, grid_s))
     fires: list[datetime] = []
     uncounted = 0
+    following = None
     for fire in job.fires(after):
         if fire > until:
+            following = fire
             break
         if len(fires) == MAX_SLOTS:
             # Keep the newest MAX_SLOTS: the candidates are at the end.
@@ -90,8 +100,8 @@ def slots_due(job: Job, after: datetime, until: datetime) -> DueSlots:
             disposition = Disposition.COALESCED
         else:
             disposition = Disposition.MISSED
-        decisions.append(SlotDecision(fire, disposition, late_s))
-    return DueSlots(tuple(decisions), uncounted)
+        decisions.append(SlotDecision(fire, disposition, late_s, late_s > grid_s))
+    return DueSlots(tuple(decisions), uncounted, following)
 
 
 class OverlapAction(StrEnum):

@@ -81,6 +81,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                                          "min.compaction.lag.ms": "60000"}),
         TopicSpec(t.job_triggers, 1, {"retention.ms": week}),
         TopicSpec(t.job_runs, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(t.job_trigger_changelog, 1, {"cleanup.policy": "compact",
+                                               "min.compaction.lag.ms": "60000"}),
     ]
 
 

@@ -1,13 +1,14 @@
 """The job-runner process: the trigger agent and the runner, apart from the worker.
 
     scheduler.ticks ──trigger agent (exactly-once, engine.Processor)──► scheduler.job-triggers
-                                    └──► scheduler.job-runs (coalesced / missed slots)
+                                    └──► scheduler.job-trigger-changelog (the last tick decided)
     scheduler.job-triggers ──runner (group <app>-jobrunner)──► PostgreSQL job_runs + the job
                                     └──► scheduler.job-runs + one JSON log line per record
 
-The trigger agent turns ticks into slots with ``jobs.slots_due`` (time comes from ticks only);
-each batch of ticks is judged at its newest tick, so a backlog is caught up under the job's
-catch-up window and coalesce policy instead of being replayed slot by slot.
+The trigger agent turns ticks into slots with ``jobs.slots_due`` (time comes from ticks only),
+one tick at a time against the tick before it, so every slot is decided at the first tick at
+or after it whatever the consumer's batches: a replay of the tick log gives the same
+triggers. Coalesced and missed slots are triggers too; the runner records them as rows.
 
 The runner claims every slot with one INSERT … ON CONFLICT DO NOTHING on
 UNIQUE(job, scheduled_for) before it commits the trigger's offset, so a slot has one row
@@ -35,7 +36,7 @@ from aiokafka.errors import KafkaError
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
 from streams import codec
-from streams.errors import DatabaseUnavailable, SchedulerError, TransientError
+from streams.errors import DatabaseUnavailable, InvalidEvent, SchedulerError, TransientError
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Disposition, Outcome, OverlapAction
 from streams.jobs.registry import Job, Overlap, Registry
@@ -61,63 +62,96 @@ def _z(at: datetime | None) -> str | None:
 # --- the trigger agent ---------------------------------------------------------------------
 
 
+WATERMARK = b"w"  # the trigger agent's changelog key: the last tick it decided
+
+
 class TriggerAgent:
-    """scheduler.ticks → one JobTrigger per slot to run (key: job name)."""
+    """scheduler.ticks → one JobTrigger per decided slot (key: job name).
+
+    Each tick is decided on its own, against the tick before it, whatever the batch it came
+    in: the previous tick is committed to its changelog in the same transaction as the
+    triggers and the offset, so a restart or a rebalance resumes from exactly that tick.
+    """
 
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
-        self.changelog_topic: str | None = None
-        self.watermark: datetime | None = None
+        self.changelog_topic: str | None = settings.topics.job_trigger_changelog
+        self.watermarks: dict[int, datetime] = {}
+        # Derived from the watermark, never persisted: the first slot of each job after it,
+        # so a tick that makes nothing due costs a comparison instead of a cron walk.
+        self.next_slots: dict[tuple[int, str], datetime | None] = {}
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
-        self.watermark = None  # re-derived from the first tick read: see ``process``
+        self.revoke(partition)
+        for record in changelog:
+            if record.key != WATERMARK or record.value is None:
+                continue
+            try:
+                item = codec.decode_timeline(record.value)
+            except InvalidEvent as exc:
+                log.warning("trigger agent changelog record ignored", extra=fields(
+                    offset=record.offset, reason=exc.reason))
+                continue
+            if isinstance(item, Tick):
+                self.watermarks[partition] = item.tick_at
 
     def revoke(self, partition: int) -> None:
-        self.watermark = None
+        self.watermarks.pop(partition, None)
+        for key in [k for k in self.next_slots if k[0] == partition]:
+            del self.next_slots[key]
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
-        ticks: list[datetime] = []
-        decoded, letters = decode_all(self.settings, "trigger", records, codec.decode_timeline)
+        decoded, outputs = decode_all(self.settings, "trigger", records, codec.decode_timeline)
+        before = watermark = self.watermarks.get(partition)
+        grid = timedelta(seconds=self.settings.tick_interval_s)
         for record, item in decoded:
-            if isinstance(item, Tick):
-                ticks.append(item.tick_at)
-            else:
-                letters.append(dead_letter(self.settings, record,
+            if not isinstance(item, Tick):
+                outputs.append(dead_letter(self.settings, record,
                                            f"expected a tick, got '{item.type}'"))
-        if not ticks:
-            return letters
-        newest = max(ticks)
-        # After an assignment the previous tick is the one before the first read: the ticks
-        # lie on a grid of tick_interval_s (the tick producer fills its own gaps).
-        previous = self.watermark or min(ticks) - timedelta(seconds=self.settings.tick_interval_s)
-        if newest <= previous:
-            return letters
-        self.watermark = newest
-        return letters + decide(self.settings, self.registry, previous, newest)
-
-
-def decide(settings: Settings, registry: Registry, previous: datetime,
-           tick_at: datetime) -> list[Output]:
-    """The outputs for every job's slots in ``(previous, tick_at]`` judged at ``tick_at``."""
-    topics = settings.topics
-    outputs: list[Output] = []
-    for job in registry.jobs:
-        due = jobs.slots_due(job, previous, tick_at)
-        for slot in due.slots:
-            metrics.JOB_TRIGGERS.labels(job.name, slot.disposition.value).inc()
-            if slot.disposition is Disposition.RUN:
-                trigger = JobTrigger(trigger_id=jobs.trigger_id(job.name, slot.scheduled_for),
-                                     job=job.name, scheduled_for=slot.scheduled_for,
-                                     tick_at=tick_at, trigger="schedule")
-                outputs.append(Output(topics.job_triggers, job.name.encode(), dumps(trigger)))
                 continue
-            run = _decision_run(job, slot.scheduled_for, slot.disposition, slot.late_s)
-            _log_run(run)
-            outputs.append(Output(topics.job_runs, job.name.encode(), dumps(run)))
-        if due.uncounted_missed:
-            log.warning("job slots missed beyond the enumeration bound", extra=fields(
-                job=job.name, missed=due.uncounted_missed))
+            # The very first tick has no predecessor in the log: one grid step before it.
+            previous = watermark or item.tick_at - grid
+            if item.tick_at <= previous:
+                continue  # a duplicate or older tick decides nothing (as in the timeline)
+            outputs += self._decide(partition, previous, item.tick_at)
+            watermark = item.tick_at
+        if watermark is not None and watermark != before:
+            self.watermarks[partition] = watermark
+            outputs.append(Output(self.settings.topics.job_trigger_changelog, WATERMARK,
+                                  codec.encode_tick(watermark), partition))
+        return outputs
+
+    def _decide(self, partition: int, previous: datetime, tick_at: datetime) -> list[Output]:
+        outputs: list[Output] = []
+        for job in self.registry.jobs:
+            key = (partition, job.name)
+            if key not in self.next_slots:
+                self.next_slots[key] = next(job.fires(previous), None)
+            upcoming = self.next_slots[key]
+            if upcoming is None or upcoming > tick_at:
+                continue
+            due = jobs.slots_due(job, previous, tick_at, self.settings.tick_interval_s)
+            self.next_slots[key] = due.following
+            outputs += triggers(self.settings, job, due, tick_at)
+        return outputs
+
+
+def triggers(settings: Settings, job: Job, due: jobs.DueSlots,
+             tick_at: datetime) -> list[Output]:
+    """One JobTrigger for every slot of ``job`` that tick ``tick_at`` decided; coalesced and
+    missed slots are sent too, for the runner to record."""
+    outputs: list[Output] = []
+    for slot in due.slots:
+        metrics.JOB_TRIGGERS.labels(job.name, slot.disposition.value).inc()
+        trigger = JobTrigger(trigger_id=jobs.trigger_id(job.name, slot.scheduled_for),
+                             job=job.name, scheduled_for=slot.scheduled_for, tick_at=tick_at,
+                             trigger="schedule", disposition=slot.disposition.value,
+                             late=slot.late)
+        outputs.append(Output(settings.topics.job_triggers, job.name.encode(), dumps(trigger)))
+    if due.uncounted_missed:
+        log.warning("job slots missed beyond the enumeration bound", extra=fields(
+            job=job.name, missed=due.uncounted_missed, tick_at=_z(tick_at)))
     return outputs
 
 
@@ -230,6 +264,11 @@ class Runner:
         if resume_from is not None and resume_from <= trigger.scheduled_for:
             await self._catch_up(job, resume_from, trigger.tick_at)
             return
+        if trigger.disposition != "run":
+            late_s = (trigger.tick_at - trigger.scheduled_for).total_seconds()
+            await self._record_decision(job, trigger.scheduled_for, Disposition(
+                trigger.disposition), late_s, trigger.tick_at)
+            return
         await self.dispatch(job, trigger.scheduled_for, trigger.trigger, trigger.trigger_id,
                             trigger.tick_at)
 
@@ -241,14 +280,25 @@ class Runner:
                 await self.dispatch(job, slot.scheduled_for, "schedule",
                                     jobs.trigger_id(job.name, slot.scheduled_for), tick_at)
                 continue
-            run = _decision_run(job, slot.scheduled_for, slot.disposition, slot.late_s)
-            status = "missed" if slot.disposition is Disposition.MISSED else "skipped"
-            claim = Claim(job.name, slot.scheduled_for, job.kind, "schedule",
-                          jobs.trigger_id(job.name, slot.scheduled_for), tick_at, status,
-                          self.runner_id, run.error_message)
-            if await self.db.claim(claim, None, finished_at=self.clock()):
-                await self.record(run)
+            await self._record_decision(job, slot.scheduled_for, slot.disposition,
+                                        slot.late_s, tick_at)
         await self.db.clear_resume_from(job.name)
+
+    async def _record_decision(self, job: Job, scheduled_for: datetime,
+                               disposition: Disposition, late_s: float,
+                               tick_at: datetime) -> None:
+        """A coalesced or missed slot: its row (status and reason), claimed like a run, so
+        the table alone says what became of every slot."""
+        run = _decision_run(job, scheduled_for, disposition, late_s)
+        claim = Claim(job.name, scheduled_for, job.kind, "schedule",
+                      jobs.trigger_id(job.name, scheduled_for), tick_at, run.status,
+                      self.runner_id, run.error_message)
+        if await self.db.claim(claim, None, finished_at=self.clock()):
+            await self.record(run)
+            return
+        metrics.JOB_DUPLICATES.labels(job.name).inc()
+        log.info("slot claimed before: trigger ignored", extra=fields(
+            job=job.name, scheduled_for=_z(scheduled_for), trigger="schedule"))
 
     async def dispatch(self, job: Job, scheduled_for: datetime, trigger: str, trigger_id: str,
                        tick_at: datetime | None) -> asyncio.Task[JobRun | None] | None:

@@ -188,14 +188,18 @@ def test_catch_up_window_and_coalesce(settings: Settings, database: str,  # noqa
         asyncio.run(_ticks(s, 0, 0))
         asyncio.run(_wait_rows(database, 3))
         asyncio.run(_ticks(s, 30, 30))  # the tick producer was away for 30 minutes
-        rows = asyncio.run(_wait_rows(database, 3 + 1 + 1 + 11))
+        rows = asyncio.run(_wait_rows(database, 3 * 31))  # every slot decided has its row
         records = asyncio.run(read_json(s, s.topics.job_runs))
     finally:
         _stop(runner, log)
-    assert _minutes(rows, "latest") == [0, 30]
-    assert _minutes(rows, "earliest") == [0, 20]
-    assert _minutes(rows, "every") == [0, *range(20, 31)]
-    assert {r["status"] for r in rows} == {"succeeded"}
+    assert _minutes(rows, "latest", "succeeded") == [0, 30]
+    assert _minutes(rows, "earliest", "succeeded") == [0, 20]
+    assert _minutes(rows, "every", "succeeded") == [0, *range(20, 31)]
+    for job in ("latest", "earliest", "every"):
+        assert _minutes(rows, job) == list(range(31))
+        assert _minutes(rows, job, "missed") == list(range(1, 20))
+    assert _minutes(rows, "latest", "skipped") == list(range(20, 30))
+    assert _minutes(rows, "earliest", "skipped") == list(range(21, 31))
     for job in ("latest", "earliest", "every"):
         missed = sorted(int((_instant(r["scheduled_for"]) - T0) / MINUTE) for r in records
                         if r["job"] == job and r["status"] == "missed")
@@ -258,3 +262,120 @@ def test_manual_run_is_recorded_as_manual(settings: Settings, database: str,  # 
     records = asyncio.run(read_json(s, s.topics.job_runs))
     assert [(r["job"], r["trigger"], r["status"]) for r in records] == [
         ("adhoc", "manual", "succeeded")]
+
+
+# --- issue 13: a range replay across a DST week, two runners, one SIGKILLed ------------------
+
+WEEK = datetime(2027, 3, 12, tzinfo=UTC)  # New York springs forward on Sunday 2027-03-14
+NEW_YORK_SLOTS = [datetime(2027, 3, 12, 7, 30, tzinfo=UTC),
+                  datetime(2027, 3, 13, 7, 30, tzinfo=UTC),
+                  datetime(2027, 3, 14, 7, 0, tzinfo=UTC),  # 02:30 does not exist: 03:00 EDT
+                  datetime(2027, 3, 15, 6, 30, tzinfo=UTC),
+                  datetime(2027, 3, 16, 6, 30, tzinfo=UTC)]
+
+
+async def _seed_completed(url: str, completed: list[datetime]) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(
+            "INSERT INTO tasks (task_id, user_id, title, status, completed_at) "
+            "VALUES ($1, $2, 'title', 'completed', $3)",
+            [(f"t{i}", f"u{i % 7}", at) for i, at in enumerate(completed)])
+    finally:
+        await conn.close()
+
+
+async def _task_ids(url: str) -> tuple[set[str], list[str]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return ({r[0] for r in await conn.fetch("SELECT task_id FROM tasks")},
+                [r[0] for r in await conn.fetch("SELECT task_id FROM tasks_archive")])
+    finally:
+        await conn.close()
+
+
+async def _slot_rows(url: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch(
+            "SELECT scheduled_for, tick_at, status, attempt, error_message FROM job_runs "
+            "ORDER BY scheduled_for")]
+    finally:
+        await conn.close()
+
+
+def _trigger_owner(logs: list[Path]) -> int | None:
+    """The runner whose trigger agent holds scheduler.ticks, once both runners' agents have
+    joined the group (the latest assignment of partition 0 wins); None before that."""
+    joined: set[int] = set()
+    latest: tuple[str, int] | None = None
+    for i, path in enumerate(logs):
+        for line in path.read_text().splitlines():
+            doc = orjson.loads(line) if line.startswith("{") else {}
+            if doc.get("role") == "jobtrigger" and doc.get("event") == "partitions assigned":
+                joined.add(i)
+                if doc.get("partitions") and (latest is None or doc["ts"] > latest[0]):
+                    latest = (doc["ts"], i)
+    return latest[1] if latest is not None and joined == set(range(len(logs))) else None
+
+
+def test_dst_week_replay_two_runners_one_killed_every_slot_once(
+        settings: Settings, database: str, tmp_path: Path) -> None:  # noqa: F811
+    s = _with_db(settings, database)
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump({"jobs": [{
+        "name": "archive", "kind": "archive_completed", "schedule": "30 2 * * *",
+        "timezone": "America/New_York", "dst_policy": {"nonexistent": "gap_edge"},
+        "catchup_window_s": 7200, "params": {"older_than_days": 1, "batch_size": 7},
+        # Overlap is judged on the wall clock, and a replay makes the week's slots due within
+        # seconds: with the default `skip` a slot would be skipped while the previous runs.
+        "overlap": "allow"}]}))
+    # A task completed every hour from a week before the replay to its end.
+    completed = [WEEK - timedelta(days=7) + i * timedelta(hours=1) for i in range(12 * 24)]
+    asyncio.run(_seed_completed(database, completed))
+    logs = [tmp_path / "runner-a.log", tmp_path / "runner-b.log"]
+    runners = [Proc(s, "job-runner", "--registry", str(path), log=log).start() for log in logs]
+    replay_log = tmp_path / "replay.log"
+    try:
+        asyncio.run(eventually(lambda: _trigger_owner(logs) is not None, 60,
+                               "both trigger agents in their group"))
+        victim = _trigger_owner(logs)
+        assert victim is not None
+        # The operator's replay of the whole week; the trigger agent's owner dies without
+        # warning as soon as the first slot has a row, while the backlog is being decided.
+        replay = Proc(s, "tick", "--from", jobs_z(WEEK),
+                      "--to", jobs_z(WEEK + timedelta(days=5) - MINUTE), "--step", "60",
+                      log=replay_log).start()
+        asyncio.run(_wait_rows(database, 1, timeout_s=120))
+        runners[victim].kill(signal.SIGKILL)
+        assert replay.proc is not None and replay.proc.wait(120) == 0, replay_log.read_text()
+        asyncio.run(_wait_rows(database, 5, timeout_s=180))
+        asyncio.run(caught_up(s, "jobtrigger", s.topics.ticks, transactional=True))
+        asyncio.run(caught_up(s, "jobrunner", s.topics.job_triggers, transactional=True))
+        rows = asyncio.run(_slot_rows(database))
+        triggers = asyncio.run(read_json(s, s.topics.job_triggers))
+        records = asyncio.run(read_json(s, s.topics.job_runs))
+        tasks, archive = asyncio.run(_task_ids(database))
+    finally:
+        for runner in runners:
+            runner.kill(signal.SIGTERM)
+    # Every slot once, at the right UTC instant, decided at the tick of its own minute (a
+    # slot in flight in the killed runner is resumed by the survivor as its next attempt).
+    assert [r["scheduled_for"] for r in rows] == NEW_YORK_SLOTS
+    assert [(r["status"], r["tick_at"]) for r in rows] == [
+        ("succeeded", at) for at in NEW_YORK_SLOTS]
+    assert sorted((t["scheduled_for"], t["tick_at"], t["disposition"], t["late"])
+                  for t in triggers) == [(jobs_z(at), jobs_z(at), "run", False)
+                                         for at in NEW_YORK_SLOTS]
+    succeeded = Counter(r["scheduled_for"] for r in records if r["status"] == "succeeded")
+    assert sorted(succeeded) == [jobs_z(at) for at in NEW_YORK_SLOTS]
+    assert set(succeeded.values()) == {1}
+    # The archive holds exactly what the last slot's cutoff implies: nothing lost or doubled.
+    cutoff = NEW_YORK_SLOTS[-1] - timedelta(days=1)
+    expected = {f"t{i}" for i, at in enumerate(completed) if at < cutoff}
+    assert len(archive) == len(set(archive)) and set(archive) == expected
+    assert tasks == {f"t{i}" for i in range(len(completed))} - expected
+
+
+def jobs_z(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")

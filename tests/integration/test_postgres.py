@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from schemas import JobRun
+from schemas import JobRun, JobTrigger
 from streams.cli import devstack
 from streams.errors import DatabaseError, DatabaseUnavailable
 from streams.jobs import decisions as jobs
@@ -257,6 +257,44 @@ def test_concurrent_claims_of_one_slot_run_it_once(database: str) -> None:
     assert [(r["scheduled_for"], r["status"], r["attempt"]) for r in rows] == [
         (NOW, "succeeded", 1)]
     assert [r.status for r in emitted] == ["succeeded"]
+
+
+def test_decided_slots_get_one_row_each_with_the_reason(database: str) -> None:
+    job = _job("noop", catchup_window_s=600, overlap="allow")
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+    tick = NOW + timedelta(minutes=30)
+
+    def trigger(minute: int, disposition: str) -> JobTrigger:
+        at = NOW + timedelta(minutes=minute)
+        return JobTrigger(trigger_id=jobs.trigger_id(job.name, at), job=job.name,
+                          scheduled_for=at, tick_at=tick, trigger="schedule",
+                          disposition=disposition, late=True)  # type: ignore[arg-type]
+
+    decided = [trigger(1, "missed"), trigger(25, "coalesced"), trigger(30, "run")]
+
+    async def go() -> list[dict[str, Any]]:
+        dbs = [await Database.connect(database, max_size=3) for _ in range(2)]
+        try:
+            runners = [_runner(reg, db, emitted, seed=i) for i, db in enumerate(dbs)]
+            # Two runners, each trigger delivered twice: one row per slot all the same.
+            for t in decided + decided:
+                await asyncio.gather(*(r.handle(t) for r in runners))
+            await asyncio.gather(*(task for r in runners for task in set(r.tasks)))
+            return await dbs[0].runs(job.name)
+        finally:
+            for db in dbs:
+                await db.close()
+
+    rows = asyncio.run(go())
+    assert [(int((r["scheduled_for"] - NOW) / timedelta(minutes=1)), r["status"])
+            for r in rows] == [(1, "missed"), (25, "skipped"), (30, "succeeded")]
+    by_minute = {int((r["scheduled_for"] - NOW) / timedelta(minutes=1)): r for r in rows}
+    assert by_minute[1]["error_message"] == (
+        "became due 1740 s late, beyond the catch-up window of 600 s")
+    assert by_minute[25]["error_message"] == "coalesced (latest): another slot ran instead"
+    assert by_minute[1]["tick_at"] == tick and by_minute[1]["finished_at"] is not None
+    assert sorted(r.status for r in emitted) == ["missed", "skipped", "succeeded"]
 
 
 def test_abandoned_slot_outside_its_window_is_failed_not_rerun(database: str) -> None:

@@ -49,11 +49,21 @@ def test_gap_catch_up_window_and_coalesce(coalesce: str, runs: list[int]) -> Non
     assert all(s.late_s == (30 - m) * 60 for (m, _), s in zip(got, due.slots, strict=True))
 
 
-def test_zero_window_runs_only_an_exactly_due_slot() -> None:
+def test_zero_window_runs_only_a_slot_due_within_the_grid() -> None:
     due = jobs.slots_due(_job(catchup_window_s=0), T0, T0 + timedelta(minutes=5, seconds=1))
     assert all(s.disposition is Disposition.MISSED for s in due.slots)
     due = jobs.slots_due(_job(catchup_window_s=0), T0, T0 + timedelta(minutes=5))
     assert _disp(due)[-1] == (5, "run")
+    # On a 60 s grid a slot between two ticks is on time at the next one, whatever the window.
+    due = jobs.slots_due(_job(catchup_window_s=0), T0 + timedelta(minutes=4, seconds=30),
+                         T0 + timedelta(minutes=5, seconds=30), grid_s=60)
+    assert _disp(due) == [(5, "run")] and not due.slots[0].late
+
+
+def test_late_means_beyond_one_grid_step() -> None:
+    due = jobs.slots_due(_job(coalesce="all"), T0, T0 + timedelta(minutes=3), grid_s=60)
+    assert [(m, s.late) for (m, _), s in zip(_disp(due), due.slots, strict=True)] == [
+        (1, True), (2, False), (3, False)]
 
 
 def test_long_gap_is_bounded() -> None:

@@ -151,6 +151,8 @@ JOB_TRIGGER: dict[str, Any] = {
     "scheduled_for": "2026-03-08T02:00:00Z",
     "tick_at": "2026-03-08T02:00:00Z",
     "trigger": "backfill",
+    "disposition": "run",
+    "late": False,
 }
 
 Target = type[BaseModel] | TypeAdapter[Any]
@@ -197,6 +199,14 @@ def test_round_trip_is_byte_exact(target: Target, document: dict[str, Any]) -> N
     model = loads(target, raw(document))
     assert orjson.loads(dumps(model)) == document
     assert loads(target, dumps(model)) == model
+
+
+def test_a_v1_job_trigger_without_a_disposition_runs_its_slot() -> None:
+    document = {k: v for k, v in JOB_TRIGGER.items() if k not in ("disposition", "late")}
+    trigger = loads(JobTrigger, raw(document))
+    assert (trigger.disposition, trigger.late) == ("run", False)
+    assert reason(JobTrigger, raw({**document, "disposition": "maybe"})).startswith(
+        "disposition: ")
 
 
 def test_models_are_frozen() -> None:
