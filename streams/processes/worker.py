@@ -81,7 +81,9 @@ class TimelineAgent:
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
         state = PartitionState(partition, reminder_catchup_s=self.settings.reminder_catchup_s,
-                               digest_catchup_s=self.settings.digest_catchup_s)
+                               digest_catchup_s=self.settings.digest_catchup_s,
+                               spawn_catchup_s=self.settings.spawn_catchup_s,
+                               retention_s=self.settings.state_retention_s)
         state.restore((r.key.decode(), r.value) for r in changelog if r.key is not None)
         self.states[partition] = state
         self.counts["restored_tasks"] += len(state.tasks)
@@ -119,6 +121,8 @@ class TimelineAgent:
             metrics.MISSED.labels("reminder.due").inc(effects.counts["missed"])
         if effects.counts["missed_digests"]:
             metrics.MISSED.labels("digest.daily").inc(effects.counts["missed_digests"])
+        if effects.counts["missed_spawns"]:
+            metrics.MISSED.labels("task.spawn").inc(effects.counts["missed_spawns"])
         self.counts.update(effects.counts)
         return outputs
 
@@ -155,7 +159,8 @@ def _summary(event: str, rekeyer: Rekeyer, agent: TimelineAgent, started: float)
     log.info(event, extra=fields(
         processed=counts["applied"] + counts["stale"] + counts["ticks"] + counts["ticks_ignored"],
         notified=counts["notified"] + counts["digests"], spawned=counts["spawned"],
-        missed=counts["missed"] + counts["missed_digests"], stale=counts["stale"],
+        missed=counts["missed"] + counts["missed_digests"] + counts["missed_spawns"],
+        stale=counts["stale"], tombstones=counts["tombstones"],
         errors=counts["dead_letters"] + rekeyer.counts["dead_letters"],
         rekeyed=rekeyer.counts["rekeyed"], duration_s=round(time.monotonic() - started, 3),
     ))

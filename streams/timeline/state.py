@@ -6,6 +6,11 @@ digest per user, how far each series has spawned). The due index is derived: it 
 from that state when a partition is restored, never persisted. Applying an event or a tick
 mutates the state and returns ``Effects``: the records to emit, the changelog keys that
 changed and the counts for the run summary. No IO and no clock here.
+
+State stays bounded (docs/contracts.md, "State retention"): a deleted or completed task
+shrinks to a version marker that rejects stale upserts for ``retention_s`` of log time (the
+watermark), then leaves the state and the changelog (a tombstone); fired reminder instants
+older than the reminder catch-up window are dropped, since a tick can no longer emit them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -61,10 +66,11 @@ class TaskState:
     task_id: str
     version: int
     occurred_at: datetime
-    task: Task | None  # None once deleted: the version stays to reject stale upserts
+    task: Task | None  # None once deleted or completed: a marker rejecting stale upserts
     fired: set[datetime] = field(default_factory=set)
     spawned_through: datetime | None = None  # due instant of the last occurrence spawned
     completion_spawns: dict[str, SpawnFire] = field(default_factory=dict)
+    retired_at: datetime | None = None  # log time the marker was written; expires from it
 
     @property
     def key(self) -> str:
@@ -76,16 +82,31 @@ class TaskState:
         planned = reminder_fires(self.task, self.occurred_at)
         return {at: fire for at, fire in planned.items() if at not in self.fired}
 
-    def next_spawn(self, tz: ZoneInfo, policy: DstPolicy) -> SpawnFire | None:
+    def next_spawn(self, tz: ZoneInfo, policy: DstPolicy,
+                   horizon: datetime | None) -> SpawnFire | None:
+        """The next occurrence to spawn, due after ``horizon`` too (the catch-up bound)."""
         task = self.task
         if task is None or task.recurrence is None:
             return None
         if task.recurrence.anchor == "completion" and self.spawned_through is not None:
             return None  # after the first instance, only completions spawn
         after = self.occurred_at
-        if self.spawned_through is not None and self.spawned_through > after:
-            after = self.spawned_through
+        for bound in (self.spawned_through, horizon):
+            if bound is not None and bound > after:
+                after = bound
         return next_spawn(task, tz, policy, after)
+
+    def prune_fired(self, before: datetime) -> None:
+        """Forget fired instants before ``before`` that the current version no longer plans.
+
+        A tick after ``before`` could only count such an instant as missed, never emit it,
+        should a later version plan it again; instants the current plan still holds stay,
+        or the next tick would take them for pending. So the set is bounded by the plan
+        plus the catch-up window, across any number of versions.
+        """
+        if any(at < before for at in self.fired):
+            planned = {} if self.task is None else reminder_fires(self.task, self.occurred_at)
+            self.fired = {at for at in self.fired if at >= before or at in planned}
 
 
 @dataclass
@@ -147,17 +168,25 @@ class DueIndex:
         return sum(len(v) for v in self._buckets.values())
 
 
+SPAWN_CATCHUP_S = 7 * 24 * 3600
+RETENTION_S = 7 * 24 * 3600
+
+
 class PartitionState:
     def __init__(self, partition: int, *, reminder_catchup_s: int,
-                 digest_catchup_s: int = 3 * 3600) -> None:
+                 digest_catchup_s: int = 3 * 3600, spawn_catchup_s: int = SPAWN_CATCHUP_S,
+                 retention_s: int = RETENTION_S) -> None:
         self.partition = partition
         self.reminder_catchup_s = reminder_catchup_s
         self.digest_catchup_s = digest_catchup_s
+        self.spawn_catchup = timedelta(seconds=spawn_catchup_s)
+        self.retention = timedelta(seconds=retention_s)
         self.watermark: datetime | None = None
         self.tasks: dict[str, TaskState] = {}
         self.users: dict[str, UserState] = {}
         self.user_tasks: dict[str, set[str]] = {}
         self.index = DueIndex()
+        self._expiring: list[tuple[datetime, str]] = []  # (marker expiry, key), a heap
 
     def _zone(self, user_id: str) -> tuple[ZoneInfo, DstPolicy]:
         user = self.users.get(user_id)
@@ -190,11 +219,19 @@ class PartitionState:
         if current_task is not None and version <= current_task.version:
             effects.counts["stale"] += 1
             return effects
-        state = TaskState(user_id, task_id, version, event.occurred_at, task)
+        retired = task is None or task.status == "completed"
+        state = TaskState(user_id, task_id, version, event.occurred_at,
+                          None if retired else task)
         if current_task is not None:
             state.fired = current_task.fired
             state.spawned_through = current_task.spawned_through
-            state.completion_spawns = current_task.completion_spawns
+            if not retired:  # completing or deleting a series stops its spawns
+                state.completion_spawns = current_task.completion_spawns
+        if self.watermark is not None:
+            state.prune_fired(self.watermark - timedelta(seconds=self.reminder_catchup_s))
+        if retired:
+            state.retired_at = self.watermark or event.occurred_at
+            self._expire_later(state)
         self.tasks[key] = state
         self.user_tasks.setdefault(user_id, set()).add(key)
         self._index_task(state)
@@ -223,11 +260,19 @@ class PartitionState:
         self.index.add(series.key, fire.fire_at)
         effects.dirty.add(series.key)
 
+    def _expire_later(self, state: TaskState) -> None:
+        assert state.retired_at is not None
+        heapq.heappush(self._expiring, (state.retired_at + self.retention, state.key))
+
+    def _spawn_horizon(self, now: datetime | None) -> datetime | None:
+        return None if now is None else now - self.spawn_catchup
+
     def _index_task(self, state: TaskState) -> None:
         for fire_at in state.pending():
             self.index.add(state.key, fire_at)
         tz, policy = self._zone(state.user_id)
-        spawn = state.next_spawn(tz, policy)
+        # Early entries are harmless (checked when due); the horizon only ever moves later.
+        spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
         if spawn is not None:
             self.index.add(state.key, spawn.fire_at)
         for fire in state.completion_spawns.values():
@@ -249,6 +294,7 @@ class PartitionState:
         if self.watermark is not None and tick_at <= self.watermark:
             effects.counts["ticks_ignored"] += 1
             return effects
+        self._expire(tick_at, effects)
         seen: set[str] = set()
         for key, _ in self.index.pop_due(tick_at):
             if key in seen:
@@ -266,12 +312,31 @@ class PartitionState:
         effects.counts["ticks"] += 1
         return effects
 
+    def _expire(self, tick_at: datetime, effects: Effects) -> None:
+        """Markers past their retention leave the state; the changelog gets a tombstone."""
+        while self._expiring and self._expiring[0][0] <= tick_at:
+            expires_at, key = heapq.heappop(self._expiring)
+            state = self.tasks.get(key)
+            if state is None or state.task is not None or state.retired_at is None \
+                    or state.retired_at + self.retention != expires_at:
+                continue  # re-opened, or retired again later: that entry decides
+            del self.tasks[key]
+            keys = self.user_tasks.get(state.user_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.user_tasks[state.user_id]
+            effects.dirty.add(key)
+            effects.counts["tombstones"] += 1
+
     def _fire_reminders(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
         task = state.task
         assert task is not None
-        for fire_at, fire in sorted(state.pending().items()):
-            if fire_at > tick_at:
-                continue
+        due = sorted(((at, fire) for at, fire in state.pending().items() if at <= tick_at),
+                     key=lambda item: item[0])
+        if due:
+            state.prune_fired(tick_at - timedelta(seconds=self.reminder_catchup_s))
+        for fire_at, fire in due:
             state.fired.add(fire_at)
             effects.dirty.add(state.key)
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
@@ -296,7 +361,16 @@ class PartitionState:
                                 if f.fire_at <= tick_at]
         for fire in due:
             del state.completion_spawns[fire.occurrence_key]
-        while (nxt := state.next_spawn(tz, policy)) is not None and nxt.fire_at <= tick_at:
+        # Catch-up is bounded: occurrences due before the horizon are never enumerated, and
+        # one that starts its day more than spawn_catchup_s before the tick is missed.
+        horizon = self._spawn_horizon(tick_at)
+        while (nxt := state.next_spawn(tz, policy, horizon)) is not None \
+                and nxt.fire_at <= tick_at:
+            if timeliness(nxt.fire_at, tick_at, int(self.spawn_catchup.total_seconds())) \
+                    is Timeliness.MISSED:
+                effects.counts["missed_spawns"] += 1
+                horizon = nxt.due_instant
+                continue
             due.append(nxt)
             state.spawned_through = nxt.due_instant
         for fire in sorted(due, key=lambda f: f.due_instant):
@@ -312,9 +386,9 @@ class PartitionState:
             effects.counts["spawned"] += 1
         if due:
             effects.dirty.add(state.key)
-            upcoming = state.next_spawn(tz, policy)
-            if upcoming is not None:
-                self.index.add(state.key, upcoming.fire_at)
+        upcoming = state.next_spawn(tz, policy, horizon)
+        if upcoming is not None:
+            self.index.add(state.key, upcoming.fire_at)
 
     def _fire_digests(self, user_id: str, tick_at: datetime, effects: Effects) -> None:
         user = self.users.get(user_id)
@@ -331,16 +405,16 @@ class PartitionState:
                 effects.counts["missed_digests"] += 1
                 continue
             tasks = [self.tasks[k].task for k in self.user_tasks.get(user_id, ())]
-            listed, overdue = digest_content((t for t in tasks if t is not None),
-                                             fire.local_date, tz)
-            if not listed:
+            content = digest_content((t for t in tasks if t is not None), fire.local_date, tz)
+            if not content.tasks and not content.omitted:
                 effects.counts["digests_empty"] += 1
                 continue
             effects.outputs.append(DigestDaily(
                 type="digest.daily", notification_id=digest_id(user_id, fire),
                 user_id=user_id, timezone=user.settings.timezone, local_date=fire.local_date,
                 fire_at=fire.fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
-                tasks=listed, overdue_count=overdue,
+                tasks=content.tasks, overdue_count=content.overdue,
+                omitted_count=content.omitted,
             ))
             effects.counts["digests"] += 1
         if fired:
@@ -376,6 +450,8 @@ class PartitionState:
             "spawned_through": None if state.spawned_through is None
             else format_instant(state.spawned_through),
             "completion_spawns": [_spawn_doc(f) for f in state.completion_spawns.values()],
+            "retired_at": None if state.retired_at is None
+            else format_instant(state.retired_at),
         })
 
     def restore(self, entries: Iterable[tuple[str, bytes | None]]) -> None:
@@ -408,6 +484,14 @@ class PartitionState:
                 for doc in data["completion_spawns"]:
                     fire = _spawn_fire(doc)
                     state.completion_spawns[fire.occurrence_key] = fire
+                if state.task is not None and state.task.status == "completed":
+                    state.task = None  # written before completed tasks became markers
+                if state.task is None:
+                    # Written before markers carried their retirement: expire from the event.
+                    retired = data.get("retired_at")
+                    state.retired_at = state.occurred_at if retired is None \
+                        else _instant(retired)
+                    self._expire_later(state)
                 self.tasks[key] = state
                 self.user_tasks.setdefault(state.user_id, set()).add(key)
         for user_id in self.users:
