@@ -4,8 +4,8 @@ Independent of ``streams``: local times are resolved by scanning the local day m
 minute with zoneinfo, month ends by calendar arithmetic. Contract v1.1: a series row (a task
 with ``recurrence``) is a template, never listed in a digest nor counted overdue; a digest
 lists at most ``DIGEST_MAX_TASKS`` tasks and counts the rest in ``omitted_count``; a spawn
-whose local day began more than ``SPAWN_WINDOW`` before its tick is missed.
-Ids follow docs/contracts.md: ``uuid5(NAMESPACE, "digest.daily|<user>|<local date>|<fire_at>")`` and
+whose local day began more than ``SPAWN_WINDOW`` before its tick is missed. Ids follow
+docs/contracts.md: ``uuid5(NAMESPACE, "digest.daily|<user>|<local date>|<fire_at>")`` and
 ``uuid5(NAMESPACE, "task.spawn|<user>|<series>|<occurrence date or due instant>")``.
 """
 
@@ -166,4 +166,4 @@ def spawn(user: str, series: str, tz: ZoneInfo, occ_day: date, at: time | None,
 
 
 __all__ = ["DIGEST_MAX_TASKS", "SPAWN_WINDOW", "DigestModel", "DigestUser", "day_start",
-           "month_day_occurrences", "resolve", "spawn", "ts"]
+           "first_tick", "month_day_occurrences", "resolve", "spawn", "ts"]
