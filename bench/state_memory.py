@@ -21,6 +21,7 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 from schemas import Task, TaskDeleted, TaskUpserted
+from streams.timeline.changelog import restore, snapshot
 from streams.timeline.state import PartitionState
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -60,12 +61,12 @@ def measure(n: int) -> dict[str, float]:
     for i in range(n):
         state.apply(_upsert(i))
     rss_per_task = (_rss_bytes() - rss0) / n
-    changelog = [(key, state.snapshot(key)) for key in state.tasks]
+    changelog = [(key, snapshot(state, key)) for key in state.tasks]
     changelog_bytes = sum(len(v or b"") for _, v in changelog)
     del state
     start = time.perf_counter()
     restored = PartitionState(0, reminder_catchup_s=900, retention_s=RETENTION_S)
-    restored.restore(changelog)
+    restore(restored, changelog)
     restore_s = time.perf_counter() - start
     assert len(restored.tasks) == n
     del restored, changelog

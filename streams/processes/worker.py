@@ -32,6 +32,7 @@ from streams.processes import lifecycle
 from streams.settings import Settings
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
+from streams.timeline.changelog import restore, snapshot
 from streams.timeline.state import Effects, PartitionState
 
 log = logging.getLogger("cronorch.worker")
@@ -84,7 +85,7 @@ class TimelineAgent:
                                digest_catchup_s=self.settings.digest_catchup_s,
                                spawn_catchup_s=self.settings.spawn_catchup_s,
                                retention_s=self.settings.state_retention_s)
-        state.restore((r.key.decode(), r.value) for r in changelog if r.key is not None)
+        restore(state, ((r.key.decode(), r.value) for r in changelog if r.key is not None))
         self.states[partition] = state
         self.counts["restored_tasks"] += len(state.tasks)
 
@@ -110,7 +111,7 @@ class TimelineAgent:
             outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
             metrics.NOTIFICATIONS.labels(out.type).inc()
         for key in sorted(effects.dirty):
-            outputs.append(Output(topics.state_changelog, key.encode(), state.snapshot(key),
+            outputs.append(Output(topics.state_changelog, key.encode(), snapshot(state, key),
                                   partition))
         if state.watermark is not None:
             metrics.WATERMARK.labels(str(partition)).set(state.watermark.timestamp())

@@ -1,11 +1,12 @@
-"""Per-partition state of the timeline agent, its due index, and its changelog form.
+"""Per-partition state of the timeline agent and its due index.
 
 A ``PartitionState`` holds the users and tasks of one timeline partition, the watermark
 (the last processed tick) and what has already fired (reminder instants per task, the last
 digest per user, how far each series has spawned). The due index is derived: it is rebuilt
 from that state when a partition is restored, never persisted. Applying an event or a tick
 mutates the state and returns ``Effects``: the records to emit, the changelog keys that
-changed and the counts for the run summary. No IO and no clock here.
+changed and the counts for the run summary. The bytes of each changelog key and recovery
+from them are ``changelog``'s. No IO and no clock here.
 
 State stays bounded (docs/contracts.md, "State retention"): a deleted or completed task
 shrinks to a version marker that rejects stale upserts for ``retention_s`` of log time (the
@@ -17,13 +18,10 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from schemas import (
     DigestDaily,
@@ -36,7 +34,6 @@ from schemas import (
     TaskUpserted,
     UserSettings,
 )
-from schemas.values import format_instant
 from streams.timecore.localtime import RFC5545, DstPolicy, zone
 from streams.timeline.planning import (
     DigestFire,
@@ -422,96 +419,15 @@ class PartitionState:
         if fire is not None:
             self.index.add(f"u|{user_id}", fire.fire_at)
 
-    # --- changelog ---------------------------------------------------------------------
+    # --- recovery ----------------------------------------------------------------------
 
-    def snapshot(self, key: str) -> bytes | None:
-        """The changelog value of ``key``, or None for a tombstone."""
-        if key == WATERMARK_KEY:
-            wm = None if self.watermark is None else format_instant(self.watermark)
-            return orjson.dumps({"watermark": wm})
-        if key.startswith("u|"):
-            user = self.users.get(key[2:])
-            if user is None:
-                return None
-            last = user.digest_last
-            return orjson.dumps({
-                "settings": user.settings.model_dump(mode="json"),
-                "digest_last": None if last is None else [
-                    last.local_date.isoformat(), format_instant(last.fire_at)],
-            })
-        state = self.tasks.get(key)
-        if state is None:
-            return None
-        return orjson.dumps({
-            "user_id": state.user_id, "task_id": state.task_id, "version": state.version,
-            "occurred_at": format_instant(state.occurred_at),
-            "task": None if state.task is None else state.task.model_dump(mode="json"),
-            "fired": sorted(format_instant(at) for at in state.fired),
-            "spawned_through": None if state.spawned_through is None
-            else format_instant(state.spawned_through),
-            "completion_spawns": [_spawn_doc(f) for f in state.completion_spawns.values()],
-            "retired_at": None if state.retired_at is None
-            else format_instant(state.retired_at),
-        })
-
-    def restore(self, entries: Iterable[tuple[str, bytes | None]]) -> None:
-        """Load the latest value of each changelog key (in log order), then rebuild the index."""
-        latest: dict[str, bytes | None] = {}
-        for key, value in entries:
-            latest[key] = value
-        for key, value in latest.items():
-            if value is None:
-                continue
-            data = orjson.loads(value)
-            if key == WATERMARK_KEY:
-                wm = data["watermark"]
-                self.watermark = None if wm is None else _instant(wm)
-            elif key.startswith("u|"):
-                last = data["digest_last"]
-                self.users[key[2:]] = UserState(
-                    UserSettings.model_validate(data["settings"]),
-                    None if last is None else DigestFire(date.fromisoformat(last[0]),
-                                                         _instant(last[1])))
-            elif key.startswith("t|"):
-                state = TaskState(
-                    data["user_id"], data["task_id"], data["version"],
-                    _instant(data["occurred_at"]),
-                    None if data["task"] is None else Task.model_validate(data["task"]),
-                    {_instant(at) for at in data["fired"]},
-                    None if data["spawned_through"] is None
-                    else _instant(data["spawned_through"]),
-                )
-                for doc in data["completion_spawns"]:
-                    fire = _spawn_fire(doc)
-                    state.completion_spawns[fire.occurrence_key] = fire
-                if state.task is not None and state.task.status == "completed":
-                    state.task = None  # written before completed tasks became markers
-                if state.task is None:
-                    # Written before markers carried their retirement: expire from the event.
-                    retired = data.get("retired_at")
-                    state.retired_at = state.occurred_at if retired is None \
-                        else _instant(retired)
-                    self._expire_later(state)
-                self.tasks[key] = state
-                self.user_tasks.setdefault(state.user_id, set()).add(key)
+    def reindex(self) -> None:
+        """Rebuild what is derived (the due index, the marker expiry queue) after the
+        users, tasks and watermark were loaded from the changelog (``changelog.restore``)."""
         for user_id in self.users:
             self._index_user(user_id, with_tasks=False)
         for state in self.tasks.values():
+            self.user_tasks.setdefault(state.user_id, set()).add(state.key)
             self._index_task(state)
-
-
-def _spawn_doc(fire: SpawnFire) -> dict[str, Any]:
-    return {"due_at": None if fire.due_at is None else format_instant(fire.due_at),
-            "due_date": None if fire.due_date is None else fire.due_date.isoformat(),
-            "due_instant": format_instant(fire.due_instant),
-            "fire_at": format_instant(fire.fire_at)}
-
-
-def _spawn_fire(doc: dict[str, Any]) -> SpawnFire:
-    return SpawnFire(None if doc["due_at"] is None else _instant(doc["due_at"]),
-                     None if doc["due_date"] is None else date.fromisoformat(doc["due_date"]),
-                     _instant(doc["due_instant"]), _instant(doc["fire_at"]))
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if state.task is None and state.retired_at is not None:
+                self._expire_later(state)

@@ -13,6 +13,7 @@ import pytest
 from streams.kafka.client import Record
 from streams.settings import Settings
 from streams.testing.memory import MemoryPipeline
+from streams.timeline.changelog import snapshot
 from tests.scenario import STEP, Scenario, build
 
 
@@ -87,7 +88,7 @@ def test_restoring_while_markers_expire_changes_nothing(crash_every: int) -> Non
     for p in range(6):
         a, b = crashed.agent.states[p], clean.agent.states[p]
         assert a.tasks.keys() == b.tasks.keys() and a.users.keys() == b.users.keys()
-        assert {k: a.snapshot(k) for k in a.tasks} == {k: b.snapshot(k) for k in b.tasks}
+        assert {k: snapshot(a, k) for k in a.tasks} == {k: snapshot(b, k) for k in b.tasks}
         assert _latest(crashed.changelogs[p]) == _latest(clean.changelogs[p])
     # Every deleted or completed task left: a tombstone is the last word of its key.
     gone = {f"t|{e['user_id'] if 'user_id' in e else e['task']['user_id']}|"

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from schemas import DigestDaily, ReminderDue, TaskDeleted, TaskSpawn, TaskUpserted, UserSettings
+from streams.timeline.changelog import restore, snapshot
 from streams.timeline.state import PartitionState
 
 T0 = datetime(2026, 3, 9, tzinfo=UTC)  # a Monday; the user is in UTC
@@ -121,13 +122,13 @@ def test_a_deleted_task_rejects_stale_upserts_until_its_marker_expires() -> None
     assert state.apply(_delete("t", T0, version=2)).dirty == {"t|u|t"}
     marker = state.tasks["t|u|t"]
     assert marker.task is None and marker.retired_at == T0
-    assert orjson.loads(state.snapshot("t|u|t") or b"")["retired_at"] == "2026-03-09T00:00:00Z"
+    assert orjson.loads(snapshot(state, "t|u|t") or b"")["retired_at"] == "2026-03-09T00:00:00Z"
     assert state.apply(_upsert("t", T0, version=2)).counts["stale"] == 1
     effects = state.tick(T0 + timedelta(minutes=59))
     assert "t|u|t" in state.tasks and effects.counts["tombstones"] == 0
     effects = state.tick(T0 + timedelta(hours=1))
     assert effects.counts["tombstones"] == 1 and "t|u|t" in effects.dirty
-    assert state.snapshot("t|u|t") is None and "t|u|t" not in state.tasks
+    assert snapshot(state, "t|u|t") is None and "t|u|t" not in state.tasks
     assert "u" not in state.user_tasks
     # After the retention a stale version is news again: the documented trade.
     assert state.apply(_upsert("t", T0, version=2)).counts["applied"] == 1
@@ -139,7 +140,7 @@ def test_a_completed_task_is_a_marker_and_expires_after_a_restore() -> None:
     state.apply(_upsert("t", T0, status="completed", completed_at=T0))
     assert state.tasks["t|u|t"].task is None
     restored = PartitionState(0, reminder_catchup_s=900, retention_s=3600)
-    restored.restore([(k, state.snapshot(k)) for k in ("w", "u|u", "t|u|t")])
+    restore(restored, [(k, snapshot(state, k)) for k in ("w", "u|u", "t|u|t")])
     assert restored.tasks["t|u|t"].retired_at == T0
     assert restored.apply(_upsert("t", T0)).counts["stale"] == 1
     assert restored.tick(T0 + timedelta(hours=1)).counts["tombstones"] == 1
@@ -154,7 +155,7 @@ def test_changelog_values_written_before_markers_restore_as_markers() -> None:
         "completed_at": "2026-03-09T00:00:00Z", "due_at": None, "due_date": "2026-03-09",
         "reminders": [], "recurrence": None, "series_id": None}}
     state = PartitionState(0, reminder_catchup_s=900, retention_s=60)
-    state.restore([("t|u|t", orjson.dumps(old)), ("t|u|d", orjson.dumps(done))])
+    restore(state, [("t|u|t", orjson.dumps(old)), ("t|u|d", orjson.dumps(done))])
     assert all(s.task is None and s.retired_at == T0 for s in state.tasks.values())
     assert state.tick(T0 + MINUTE).counts["tombstones"] == 2
 
@@ -178,7 +179,7 @@ def test_a_tick_past_the_horizon_spawns_nothing_twice_across_a_restore() -> None
                         due_date=None))
     first = [o.spawn_id for o in state.tick(T0).outputs]
     restored = PartitionState(0, reminder_catchup_s=900)
-    restored.restore([(k, state.snapshot(k)) for k in ("w", "u|u", "t|u|series")])
+    restore(restored, [(k, snapshot(state, k)) for k in ("w", "u|u", "t|u|series")])
     again = [o.spawn_id for o in _ticks(restored, T0 + MINUTE, T0 + timedelta(hours=23))]
     # The day that began exactly 7 days before the tick is inside the window: 8 days.
     assert len(first) == 8 and again == []
