@@ -130,7 +130,8 @@ class DueIndex:
     """Pending fires bucketed by minute; a tick costs O(fires due), not O(tasks).
 
     Entries are invalidated lazily: a re-plan adds new entries and leaves old ones, which
-    are checked against the task's current plan when their bucket comes due.
+    are checked against the task's current plan when their bucket comes due. A task that is
+    deleted or completed discards its current entries, so its memory goes with its marker.
     """
 
     def __init__(self) -> None:
@@ -144,6 +145,12 @@ class DueIndex:
             entries = self._buckets[bucket] = set()
             heapq.heappush(self._heap, bucket)
         entries.add((key, fire_at))
+
+    def discard(self, key: str, fire_at: datetime) -> None:
+        # An emptied bucket stays until its minute comes: the heap holds its number.
+        entries = self._buckets.get(int(fire_at.timestamp()) // BUCKET_S)
+        if entries is not None:
+            entries.discard((key, fire_at))
 
     def pop_due(self, tick_at: datetime) -> Iterator[tuple[str, datetime]]:
         """Remove and yield entries with ``fire_at <= tick_at``, in (fire_at, key) order."""
@@ -217,6 +224,8 @@ class PartitionState:
             effects.counts["stale"] += 1
             return effects
         retired = task is None or task.status == "completed"
+        if retired and current_task is not None:
+            self._unindex_task(current_task)
         state = TaskState(user_id, task_id, version, event.occurred_at,
                           None if retired else task)
         if current_task is not None:
@@ -274,6 +283,16 @@ class PartitionState:
             self.index.add(state.key, spawn.fire_at)
         for fire in state.completion_spawns.values():
             self.index.add(state.key, fire.fire_at)
+
+    def _unindex_task(self, state: TaskState) -> None:
+        for fire_at in state.pending():
+            self.index.discard(state.key, fire_at)
+        tz, policy = self._zone(state.user_id)
+        spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
+        if spawn is not None:
+            self.index.discard(state.key, spawn.fire_at)
+        for fire in state.completion_spawns.values():
+            self.index.discard(state.key, fire.fire_at)
 
     def _index_user(self, user_id: str, *, with_tasks: bool) -> None:
         user = self.users[user_id]

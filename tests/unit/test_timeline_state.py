@@ -129,6 +129,7 @@ def test_a_deleted_task_rejects_stale_upserts_until_its_marker_expires() -> None
     effects = state.tick(T0 + timedelta(hours=1))
     assert effects.counts["tombstones"] == 1 and "t|u|t" in effects.dirty
     assert snapshot(state, "t|u|t") is None and "t|u|t" not in state.tasks
+    assert len(state.index) == 1  # the user's next digest; the reminder left with the task
     assert "u" not in state.user_tasks
     # After the retention a stale version is news again: the documented trade.
     assert state.apply(_upsert("t", T0, version=2)).counts["applied"] == 1
