@@ -58,6 +58,9 @@ class DigestDaily(OutputModel):
     late: StrictBool
     tasks: list[DigestTask]
     overdue_count: Count
+    omitted_count: Count = Field(0, description=(
+        "v1.1: open tasks due that local day left out of `tasks` by the digest's size cap "
+        "(at most 100 tasks listed, the list kept well under the topic's max.message.bytes)"))
 
 
 class Occurrence(OutputModel):

@@ -61,6 +61,8 @@ class Settings(BaseModel):
     transaction_timeout_ms: int = Field(60_000, ge=1_000)
     reminder_catchup_s: int = Field(15 * 60, ge=0)
     digest_catchup_s: int = Field(3 * 3600, ge=0)
+    spawn_catchup_s: int = Field(7 * 24 * 3600, ge=0)
+    state_retention_s: int = Field(7 * 24 * 3600, ge=0)
     metrics_port: int = Field(9108, ge=0, le=65535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -142,6 +144,8 @@ ENV: dict[str, str] = {
     "transaction_timeout_ms": "TRANSACTION_TIMEOUT_MS",
     "reminder_catchup_s": "REMINDER_CATCHUP_S",
     "digest_catchup_s": "DIGEST_CATCHUP_S",
+    "spawn_catchup_s": "SPAWN_CATCHUP_S",
+    "state_retention_s": "STATE_RETENTION_S",
     "metrics_port": "METRICS_PORT",
     "log_level": "LOG_LEVEL",
 }

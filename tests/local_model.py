@@ -1,8 +1,11 @@
 """The tests' own model of DESIGN.md section 4 for digests and spawns, from the spec alone.
 
 Independent of ``streams``: local times are resolved by scanning the local day minute by
-minute with zoneinfo, month ends by calendar arithmetic. Ids follow docs/contracts.md:
-``uuid5(NAMESPACE, "digest.daily|<user>|<local date>|<fire_at>")`` and
+minute with zoneinfo, month ends by calendar arithmetic. Contract v1.1: a series row (a task
+with ``recurrence``) is a template, never listed in a digest nor counted overdue; a digest
+lists at most ``DIGEST_MAX_TASKS`` tasks and counts the rest in ``omitted_count``; a spawn
+whose local day began more than ``SPAWN_WINDOW`` before its tick is missed. Ids follow
+docs/contracts.md: ``uuid5(NAMESPACE, "digest.daily|<user>|<local date>|<fire_at>")`` and
 ``uuid5(NAMESPACE, "task.spawn|<user>|<series>|<occurrence date or due instant>")``.
 """
 
@@ -18,6 +21,8 @@ from zoneinfo import ZoneInfo
 from tests.model import NAMESPACE, ts, z
 
 DIGEST_WINDOW = timedelta(hours=3)
+DIGEST_MAX_TASKS = 100
+SPAWN_WINDOW = timedelta(days=7)
 
 
 def resolve(d: date, t: time, tz: ZoneInfo, nonexistent: str = "shift_forward",
@@ -100,7 +105,7 @@ class DigestModel:
         begin, end = day_start(d, tz), day_start(d + timedelta(days=1), tz)
         listed, overdue = [], 0
         for task in self.tasks.get(user.user_id, []):
-            if task["status"] != "open":
+            if task["status"] != "open" or task.get("recurrence"):
                 continue
             if task["due_date"]:
                 due = day_start(date.fromisoformat(task["due_date"]), tz)
@@ -121,8 +126,9 @@ class DigestModel:
             "timezone": user.timezone, "local_date": d.isoformat(), "fire_at": z(fire),
             "tick_at": z(tick), "late": tick > fire,
             "tasks": [{"task_id": t["task_id"], "title": t["title"], "due_at": t["due_at"],
-                       "due_date": t["due_date"]} for _, _, t in listed],
+                       "due_date": t["due_date"]} for _, _, t in listed[:DIGEST_MAX_TASKS]],
             "overdue_count": overdue,
+            "omitted_count": max(0, len(listed) - DIGEST_MAX_TASKS),
         }
 
 
@@ -159,5 +165,5 @@ def spawn(user: str, series: str, tz: ZoneInfo, occ_day: date, at: time | None,
             "late": tick > fire, "template": {"title": title, "reminders": []}}
 
 
-__all__ = ["DigestModel", "DigestUser", "day_start", "month_day_occurrences", "resolve",
-           "spawn", "ts"]
+__all__ = ["DIGEST_MAX_TASKS", "SPAWN_WINDOW", "DigestModel", "DigestUser", "day_start",
+           "first_tick", "month_day_occurrences", "resolve", "spawn", "ts"]

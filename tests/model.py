@@ -1,5 +1,8 @@
 """The tests' own model of DESIGN.md section 4 (reminders), written from the spec alone.
 
+Contract v1.1: a task with ``recurrence`` is a series template and fires no reminders of
+its own (its spawned instances carry them).
+
 It shares no code with ``streams``: given the phases of a run (events applied, then ticks
 run), it computes the exact set of ``reminder.due`` notifications a correct worker emits,
 with their ids from the documented formula (docs/contracts.md):
@@ -55,7 +58,8 @@ class ReminderModel:
 
     def _planned(self, t: ModelTask) -> list[tuple[datetime, dict[str, Any]]]:
         doc = t.doc
-        if doc is None or doc["status"] != "open" or not doc.get("due_at"):
+        if doc is None or doc["status"] != "open" or not doc.get("due_at") \
+                or doc.get("recurrence"):
             return []
         due = ts(doc["due_at"])
         out: list[tuple[datetime, dict[str, Any]]] = []

@@ -1,8 +1,9 @@
 """A seeded reminder scenario: ≥1,000 tasks of users in several zones, in two phases.
 
-Phase A creates users and tasks; ticks run for two hours; phase B (dated one hour before
-the watermark, so some of its fires are late or missed) re-plans, completes and deletes
-tasks, sends stale versions and a few poison records; ticks run six more hours.
+Phase A creates users and tasks (a few of them series, whose reminders never fire: contract
+v1.1); ticks run for two hours; phase B (dated one hour before the watermark, so some of its
+fires are late or missed) re-plans, completes and deletes tasks, sends stale versions and a
+few poison records; ticks run six more hours.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def build(seed: int = 7, tasks: int = 1000, users: int = 40) -> Scenario:
                     W0 + timedelta(seconds=rng.randint(20 * 60, 7 * 3600)))
         if n % 50 == 0:  # all-day tasks plan no reminders
             doc["due_at"], doc["due_date"] = None, "2026-03-07"
+        if n % 50 == 25:  # series are templates (v1.1): their reminders are their instances'
+            doc["recurrence"] = {"rrule": "FREQ=DAILY;COUNT=3", "anchor": "due", "skip": "omit"}
         docs[doc["task_id"]] = doc
         sc.phase_a.append(_event("task.upserted", W0, task=doc))
     ids = sorted(docs)

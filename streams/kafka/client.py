@@ -66,6 +66,21 @@ class TopicSpec:
     config: dict[str, str]
 
 
+# Compaction only ever cleans closed segments, and Kafka's defaults (1 GiB or 7 days per
+# segment, half the log dirty before a clean) would keep a week of superseded state and
+# tombstones for a restore to read. Small segments and a low dirty ratio let it run;
+# max.compaction.lag.ms bounds how long a superseded value or tombstone can wait.
+CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": "60000",
+    "max.compaction.lag.ms": str(24 * 3600 * 1000),
+    "segment.ms": str(3600 * 1000),
+    "segment.bytes": str(64 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(24 * 3600 * 1000),
+}
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic the product uses, with partition counts and configs."""
     t, n = settings.topics, settings.timeline_partitions
@@ -77,8 +92,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.notifications, n, {"retention.ms": week}),
         TopicSpec(t.task_commands, n, {"retention.ms": week}),
         TopicSpec(t.dead_letters, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
-        TopicSpec(t.state_changelog, n, {"cleanup.policy": "compact",
-                                         "min.compaction.lag.ms": "60000"}),
+        TopicSpec(t.state_changelog, n, CHANGELOG_CONFIG),
         TopicSpec(t.job_triggers, 1, {"retention.ms": week}),
         TopicSpec(t.job_runs, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
         TopicSpec(t.job_trigger_changelog, 1, {"cleanup.policy": "compact",

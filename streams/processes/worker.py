@@ -32,6 +32,7 @@ from streams.processes import lifecycle
 from streams.settings import Settings
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
+from streams.timeline.changelog import restore, snapshot
 from streams.timeline.state import Effects, PartitionState
 
 log = logging.getLogger("cronorch.worker")
@@ -81,8 +82,10 @@ class TimelineAgent:
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
         state = PartitionState(partition, reminder_catchup_s=self.settings.reminder_catchup_s,
-                               digest_catchup_s=self.settings.digest_catchup_s)
-        state.restore((r.key.decode(), r.value) for r in changelog if r.key is not None)
+                               digest_catchup_s=self.settings.digest_catchup_s,
+                               spawn_catchup_s=self.settings.spawn_catchup_s,
+                               retention_s=self.settings.state_retention_s)
+        restore(state, ((r.key.decode(), r.value) for r in changelog if r.key is not None))
         self.states[partition] = state
         self.counts["restored_tasks"] += len(state.tasks)
 
@@ -108,7 +111,7 @@ class TimelineAgent:
             outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
             metrics.NOTIFICATIONS.labels(out.type).inc()
         for key in sorted(effects.dirty):
-            outputs.append(Output(topics.state_changelog, key.encode(), state.snapshot(key),
+            outputs.append(Output(topics.state_changelog, key.encode(), snapshot(state, key),
                                   partition))
         if state.watermark is not None:
             metrics.WATERMARK.labels(str(partition)).set(state.watermark.timestamp())
@@ -119,6 +122,8 @@ class TimelineAgent:
             metrics.MISSED.labels("reminder.due").inc(effects.counts["missed"])
         if effects.counts["missed_digests"]:
             metrics.MISSED.labels("digest.daily").inc(effects.counts["missed_digests"])
+        if effects.counts["missed_spawns"]:
+            metrics.MISSED.labels("task.spawn").inc(effects.counts["missed_spawns"])
         self.counts.update(effects.counts)
         return outputs
 
@@ -155,7 +160,8 @@ def _summary(event: str, rekeyer: Rekeyer, agent: TimelineAgent, started: float)
     log.info(event, extra=fields(
         processed=counts["applied"] + counts["stale"] + counts["ticks"] + counts["ticks_ignored"],
         notified=counts["notified"] + counts["digests"], spawned=counts["spawned"],
-        missed=counts["missed"] + counts["missed_digests"], stale=counts["stale"],
+        missed=counts["missed"] + counts["missed_digests"] + counts["missed_spawns"],
+        stale=counts["stale"], tombstones=counts["tombstones"],
         errors=counts["dead_letters"] + rekeyer.counts["dead_letters"],
         rekeyed=rekeyer.counts["rekeyed"], duration_s=round(time.monotonic() - started, 3),
     ))

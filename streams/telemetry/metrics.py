@@ -28,7 +28,7 @@ def declare_series() -> None:
     """Create the known label values at zero, so that ``increase()`` sees the first event."""
     for kind in ("reminder.due", "digest.daily", "task.spawn"):
         NOTIFICATIONS.labels(kind)
-    for kind in ("reminder.due", "digest.daily"):
+    for kind in ("reminder.due", "digest.daily", "task.spawn"):
         MISSED.labels(kind)
     for role in ("rekeyer", "timeline"):
         DEAD_LETTERS.labels(role)

@@ -66,8 +66,9 @@ def reminder_fires(task: Task, occurred_at: datetime) -> dict[datetime, Reminder
 
     A reminder whose instant is at or before the event's ``occurred_at`` is never planned.
     Two reminders landing on the same instant fire once, as the first of them in list order.
+    A series row is a template (contract v1.1): its reminders belong to its instances.
     """
-    if task.status != "open" or task.due_at is None:
+    if task.status != "open" or task.due_at is None or task.recurrence is not None:
         return {}
     fires: dict[datetime, ReminderFire] = {}
     for reminder in task.reminders:
@@ -137,14 +138,30 @@ def due_instant(task: Task, tz: ZoneInfo) -> datetime | None:
     return None
 
 
-def digest_content(tasks: Iterable[Task], local_date: date,
-                   tz: ZoneInfo) -> tuple[list[DigestTask], int]:
-    """The open tasks due on ``local_date`` (by due instant, task_id) and how many are overdue."""
+@dataclass(frozen=True, slots=True)
+class DigestContent:
+    """What one digest lists: at most ``DIGEST_MAX_TASKS`` tasks within ``DIGEST_MAX_BYTES``,
+    how many more were due that day (``omitted``), and how many are overdue."""
+
+    tasks: list[DigestTask]
+    omitted: int
+    overdue: int
+
+
+# A digest stays far below Kafka's default max.message.bytes (1,048,588) and aiokafka's
+# max_request_size (1 MiB) whatever the titles: the list stops at whichever cap comes first.
+DIGEST_MAX_TASKS = 100
+DIGEST_MAX_BYTES = 256 * 1024
+
+
+def digest_content(tasks: Iterable[Task], local_date: date, tz: ZoneInfo) -> DigestContent:
+    """The open tasks due on ``local_date`` (by due instant, task_id), capped, and how many
+    are overdue. Series rows are templates (contract v1.1): never listed, never overdue."""
     start, end = local_day_bounds(local_date, tz)
     today: list[tuple[datetime, str, Task]] = []
     overdue = 0
     for task in tasks:
-        if task.status != "open":
+        if task.status != "open" or task.recurrence is not None:
             continue
         due = due_instant(task, tz)
         if due is None:
@@ -155,8 +172,18 @@ def digest_content(tasks: Iterable[Task], local_date: date,
         elif due < start:
             overdue += 1
     today.sort(key=lambda item: (item[0], item[1]))
-    return [DigestTask(task_id=t.task_id, title=t.title, due_at=t.due_at, due_date=t.due_date)
-            for _, _, t in today], overdue
+    listed: list[DigestTask] = []
+    size = 0
+    for _, _, t in today[:DIGEST_MAX_TASKS]:
+        item = DigestTask(task_id=t.task_id, title=t.title, due_at=t.due_at,
+                          due_date=t.due_date)
+        # An upper bound of the item's JSON size: UTF-8 text escapes to at most 6 bytes a
+        # character, and the rest (keys, instants, punctuation) stays under 128 bytes.
+        size += 6 * (len(t.task_id) + len(t.title)) + 128
+        if size > DIGEST_MAX_BYTES:
+            break
+        listed.append(item)
+    return DigestContent(listed, len(today) - len(listed), overdue)
 
 
 # --- recurrence spawns -------------------------------------------------------------------

@@ -1,24 +1,27 @@
-"""Per-partition state of the timeline agent, its due index, and its changelog form.
+"""Per-partition state of the timeline agent and its due index.
 
 A ``PartitionState`` holds the users and tasks of one timeline partition, the watermark
 (the last processed tick) and what has already fired (reminder instants per task, the last
 digest per user, how far each series has spawned). The due index is derived: it is rebuilt
 from that state when a partition is restored, never persisted. Applying an event or a tick
 mutates the state and returns ``Effects``: the records to emit, the changelog keys that
-changed and the counts for the run summary. No IO and no clock here.
+changed and the counts for the run summary. The bytes of each changelog key and recovery
+from them are ``changelog``'s. No IO and no clock here.
+
+State stays bounded (docs/contracts.md, "State retention"): a deleted or completed task
+shrinks to a version marker that rejects stale upserts for ``retention_s`` of log time (the
+watermark), then leaves the state and the changelog (a tombstone); fired reminder instants
+older than the reminder catch-up window are dropped, since a tick can no longer emit them.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from typing import Any
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from schemas import (
     DigestDaily,
@@ -31,7 +34,6 @@ from schemas import (
     TaskUpserted,
     UserSettings,
 )
-from schemas.values import format_instant
 from streams.timecore.localtime import RFC5545, DstPolicy, zone
 from streams.timeline.planning import (
     DigestFire,
@@ -61,10 +63,11 @@ class TaskState:
     task_id: str
     version: int
     occurred_at: datetime
-    task: Task | None  # None once deleted: the version stays to reject stale upserts
+    task: Task | None  # None once deleted or completed: a marker rejecting stale upserts
     fired: set[datetime] = field(default_factory=set)
     spawned_through: datetime | None = None  # due instant of the last occurrence spawned
     completion_spawns: dict[str, SpawnFire] = field(default_factory=dict)
+    retired_at: datetime | None = None  # log time the marker was written; expires from it
 
     @property
     def key(self) -> str:
@@ -76,16 +79,31 @@ class TaskState:
         planned = reminder_fires(self.task, self.occurred_at)
         return {at: fire for at, fire in planned.items() if at not in self.fired}
 
-    def next_spawn(self, tz: ZoneInfo, policy: DstPolicy) -> SpawnFire | None:
+    def next_spawn(self, tz: ZoneInfo, policy: DstPolicy,
+                   horizon: datetime | None) -> SpawnFire | None:
+        """The next occurrence to spawn, due after ``horizon`` too (the catch-up bound)."""
         task = self.task
         if task is None or task.recurrence is None:
             return None
         if task.recurrence.anchor == "completion" and self.spawned_through is not None:
             return None  # after the first instance, only completions spawn
         after = self.occurred_at
-        if self.spawned_through is not None and self.spawned_through > after:
-            after = self.spawned_through
+        for bound in (self.spawned_through, horizon):
+            if bound is not None and bound > after:
+                after = bound
         return next_spawn(task, tz, policy, after)
+
+    def prune_fired(self, before: datetime) -> None:
+        """Forget fired instants before ``before`` that the current version no longer plans.
+
+        A tick after ``before`` could only count such an instant as missed, never emit it,
+        should a later version plan it again; instants the current plan still holds stay,
+        or the next tick would take them for pending. So the set is bounded by the plan
+        plus the catch-up window, across any number of versions.
+        """
+        if any(at < before for at in self.fired):
+            planned = {} if self.task is None else reminder_fires(self.task, self.occurred_at)
+            self.fired = {at for at in self.fired if at >= before or at in planned}
 
 
 @dataclass
@@ -112,7 +130,8 @@ class DueIndex:
     """Pending fires bucketed by minute; a tick costs O(fires due), not O(tasks).
 
     Entries are invalidated lazily: a re-plan adds new entries and leaves old ones, which
-    are checked against the task's current plan when their bucket comes due.
+    are checked against the task's current plan when their bucket comes due. A task that is
+    deleted or completed discards its current entries, so its memory goes with its marker.
     """
 
     def __init__(self) -> None:
@@ -126,6 +145,12 @@ class DueIndex:
             entries = self._buckets[bucket] = set()
             heapq.heappush(self._heap, bucket)
         entries.add((key, fire_at))
+
+    def discard(self, key: str, fire_at: datetime) -> None:
+        # An emptied bucket stays until its minute comes: the heap holds its number.
+        entries = self._buckets.get(int(fire_at.timestamp()) // BUCKET_S)
+        if entries is not None:
+            entries.discard((key, fire_at))
 
     def pop_due(self, tick_at: datetime) -> Iterator[tuple[str, datetime]]:
         """Remove and yield entries with ``fire_at <= tick_at``, in (fire_at, key) order."""
@@ -147,17 +172,25 @@ class DueIndex:
         return sum(len(v) for v in self._buckets.values())
 
 
+SPAWN_CATCHUP_S = 7 * 24 * 3600
+RETENTION_S = 7 * 24 * 3600
+
+
 class PartitionState:
     def __init__(self, partition: int, *, reminder_catchup_s: int,
-                 digest_catchup_s: int = 3 * 3600) -> None:
+                 digest_catchup_s: int = 3 * 3600, spawn_catchup_s: int = SPAWN_CATCHUP_S,
+                 retention_s: int = RETENTION_S) -> None:
         self.partition = partition
         self.reminder_catchup_s = reminder_catchup_s
         self.digest_catchup_s = digest_catchup_s
+        self.spawn_catchup = timedelta(seconds=spawn_catchup_s)
+        self.retention = timedelta(seconds=retention_s)
         self.watermark: datetime | None = None
         self.tasks: dict[str, TaskState] = {}
         self.users: dict[str, UserState] = {}
         self.user_tasks: dict[str, set[str]] = {}
         self.index = DueIndex()
+        self._expiring: list[tuple[datetime, str]] = []  # (marker expiry, key), a heap
 
     def _zone(self, user_id: str) -> tuple[ZoneInfo, DstPolicy]:
         user = self.users.get(user_id)
@@ -190,11 +223,21 @@ class PartitionState:
         if current_task is not None and version <= current_task.version:
             effects.counts["stale"] += 1
             return effects
-        state = TaskState(user_id, task_id, version, event.occurred_at, task)
+        retired = task is None or task.status == "completed"
+        if retired and current_task is not None:
+            self._unindex_task(current_task)
+        state = TaskState(user_id, task_id, version, event.occurred_at,
+                          None if retired else task)
         if current_task is not None:
             state.fired = current_task.fired
             state.spawned_through = current_task.spawned_through
-            state.completion_spawns = current_task.completion_spawns
+            if not retired:  # completing or deleting a series stops its spawns
+                state.completion_spawns = current_task.completion_spawns
+        if self.watermark is not None:
+            state.prune_fired(self.watermark - timedelta(seconds=self.reminder_catchup_s))
+        if retired:
+            state.retired_at = self.watermark or event.occurred_at
+            self._expire_later(state)
         self.tasks[key] = state
         self.user_tasks.setdefault(user_id, set()).add(key)
         self._index_task(state)
@@ -223,15 +266,33 @@ class PartitionState:
         self.index.add(series.key, fire.fire_at)
         effects.dirty.add(series.key)
 
+    def _expire_later(self, state: TaskState) -> None:
+        assert state.retired_at is not None
+        heapq.heappush(self._expiring, (state.retired_at + self.retention, state.key))
+
+    def _spawn_horizon(self, now: datetime | None) -> datetime | None:
+        return None if now is None else now - self.spawn_catchup
+
     def _index_task(self, state: TaskState) -> None:
         for fire_at in state.pending():
             self.index.add(state.key, fire_at)
         tz, policy = self._zone(state.user_id)
-        spawn = state.next_spawn(tz, policy)
+        # Early entries are harmless (checked when due); the horizon only ever moves later.
+        spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
         if spawn is not None:
             self.index.add(state.key, spawn.fire_at)
         for fire in state.completion_spawns.values():
             self.index.add(state.key, fire.fire_at)
+
+    def _unindex_task(self, state: TaskState) -> None:
+        for fire_at in state.pending():
+            self.index.discard(state.key, fire_at)
+        tz, policy = self._zone(state.user_id)
+        spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
+        if spawn is not None:
+            self.index.discard(state.key, spawn.fire_at)
+        for fire in state.completion_spawns.values():
+            self.index.discard(state.key, fire.fire_at)
 
     def _index_user(self, user_id: str, *, with_tasks: bool) -> None:
         user = self.users[user_id]
@@ -249,6 +310,7 @@ class PartitionState:
         if self.watermark is not None and tick_at <= self.watermark:
             effects.counts["ticks_ignored"] += 1
             return effects
+        self._expire(tick_at, effects)
         seen: set[str] = set()
         for key, _ in self.index.pop_due(tick_at):
             if key in seen:
@@ -266,12 +328,31 @@ class PartitionState:
         effects.counts["ticks"] += 1
         return effects
 
+    def _expire(self, tick_at: datetime, effects: Effects) -> None:
+        """Markers past their retention leave the state; the changelog gets a tombstone."""
+        while self._expiring and self._expiring[0][0] <= tick_at:
+            expires_at, key = heapq.heappop(self._expiring)
+            state = self.tasks.get(key)
+            if state is None or state.task is not None or state.retired_at is None \
+                    or state.retired_at + self.retention != expires_at:
+                continue  # re-opened, or retired again later: that entry decides
+            del self.tasks[key]
+            keys = self.user_tasks.get(state.user_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.user_tasks[state.user_id]
+            effects.dirty.add(key)
+            effects.counts["tombstones"] += 1
+
     def _fire_reminders(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
         task = state.task
         assert task is not None
-        for fire_at, fire in sorted(state.pending().items()):
-            if fire_at > tick_at:
-                continue
+        due = sorted(((at, fire) for at, fire in state.pending().items() if at <= tick_at),
+                     key=lambda item: item[0])
+        if due:
+            state.prune_fired(tick_at - timedelta(seconds=self.reminder_catchup_s))
+        for fire_at, fire in due:
             state.fired.add(fire_at)
             effects.dirty.add(state.key)
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
@@ -296,7 +377,16 @@ class PartitionState:
                                 if f.fire_at <= tick_at]
         for fire in due:
             del state.completion_spawns[fire.occurrence_key]
-        while (nxt := state.next_spawn(tz, policy)) is not None and nxt.fire_at <= tick_at:
+        # Catch-up is bounded: occurrences due before the horizon are never enumerated, and
+        # one that starts its day more than spawn_catchup_s before the tick is missed.
+        horizon = self._spawn_horizon(tick_at)
+        while (nxt := state.next_spawn(tz, policy, horizon)) is not None \
+                and nxt.fire_at <= tick_at:
+            if timeliness(nxt.fire_at, tick_at, int(self.spawn_catchup.total_seconds())) \
+                    is Timeliness.MISSED:
+                effects.counts["missed_spawns"] += 1
+                horizon = nxt.due_instant
+                continue
             due.append(nxt)
             state.spawned_through = nxt.due_instant
         for fire in sorted(due, key=lambda f: f.due_instant):
@@ -312,9 +402,9 @@ class PartitionState:
             effects.counts["spawned"] += 1
         if due:
             effects.dirty.add(state.key)
-            upcoming = state.next_spawn(tz, policy)
-            if upcoming is not None:
-                self.index.add(state.key, upcoming.fire_at)
+        upcoming = state.next_spawn(tz, policy, horizon)
+        if upcoming is not None:
+            self.index.add(state.key, upcoming.fire_at)
 
     def _fire_digests(self, user_id: str, tick_at: datetime, effects: Effects) -> None:
         user = self.users.get(user_id)
@@ -331,16 +421,16 @@ class PartitionState:
                 effects.counts["missed_digests"] += 1
                 continue
             tasks = [self.tasks[k].task for k in self.user_tasks.get(user_id, ())]
-            listed, overdue = digest_content((t for t in tasks if t is not None),
-                                             fire.local_date, tz)
-            if not listed:
+            content = digest_content((t for t in tasks if t is not None), fire.local_date, tz)
+            if not content.tasks and not content.omitted:
                 effects.counts["digests_empty"] += 1
                 continue
             effects.outputs.append(DigestDaily(
                 type="digest.daily", notification_id=digest_id(user_id, fire),
                 user_id=user_id, timezone=user.settings.timezone, local_date=fire.local_date,
                 fire_at=fire.fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
-                tasks=listed, overdue_count=overdue,
+                tasks=content.tasks, overdue_count=content.overdue,
+                omitted_count=content.omitted,
             ))
             effects.counts["digests"] += 1
         if fired:
@@ -348,86 +438,15 @@ class PartitionState:
         if fire is not None:
             self.index.add(f"u|{user_id}", fire.fire_at)
 
-    # --- changelog ---------------------------------------------------------------------
+    # --- recovery ----------------------------------------------------------------------
 
-    def snapshot(self, key: str) -> bytes | None:
-        """The changelog value of ``key``, or None for a tombstone."""
-        if key == WATERMARK_KEY:
-            wm = None if self.watermark is None else format_instant(self.watermark)
-            return orjson.dumps({"watermark": wm})
-        if key.startswith("u|"):
-            user = self.users.get(key[2:])
-            if user is None:
-                return None
-            last = user.digest_last
-            return orjson.dumps({
-                "settings": user.settings.model_dump(mode="json"),
-                "digest_last": None if last is None else [
-                    last.local_date.isoformat(), format_instant(last.fire_at)],
-            })
-        state = self.tasks.get(key)
-        if state is None:
-            return None
-        return orjson.dumps({
-            "user_id": state.user_id, "task_id": state.task_id, "version": state.version,
-            "occurred_at": format_instant(state.occurred_at),
-            "task": None if state.task is None else state.task.model_dump(mode="json"),
-            "fired": sorted(format_instant(at) for at in state.fired),
-            "spawned_through": None if state.spawned_through is None
-            else format_instant(state.spawned_through),
-            "completion_spawns": [_spawn_doc(f) for f in state.completion_spawns.values()],
-        })
-
-    def restore(self, entries: Iterable[tuple[str, bytes | None]]) -> None:
-        """Load the latest value of each changelog key (in log order), then rebuild the index."""
-        latest: dict[str, bytes | None] = {}
-        for key, value in entries:
-            latest[key] = value
-        for key, value in latest.items():
-            if value is None:
-                continue
-            data = orjson.loads(value)
-            if key == WATERMARK_KEY:
-                wm = data["watermark"]
-                self.watermark = None if wm is None else _instant(wm)
-            elif key.startswith("u|"):
-                last = data["digest_last"]
-                self.users[key[2:]] = UserState(
-                    UserSettings.model_validate(data["settings"]),
-                    None if last is None else DigestFire(date.fromisoformat(last[0]),
-                                                         _instant(last[1])))
-            elif key.startswith("t|"):
-                state = TaskState(
-                    data["user_id"], data["task_id"], data["version"],
-                    _instant(data["occurred_at"]),
-                    None if data["task"] is None else Task.model_validate(data["task"]),
-                    {_instant(at) for at in data["fired"]},
-                    None if data["spawned_through"] is None
-                    else _instant(data["spawned_through"]),
-                )
-                for doc in data["completion_spawns"]:
-                    fire = _spawn_fire(doc)
-                    state.completion_spawns[fire.occurrence_key] = fire
-                self.tasks[key] = state
-                self.user_tasks.setdefault(state.user_id, set()).add(key)
+    def reindex(self) -> None:
+        """Rebuild what is derived (the due index, the marker expiry queue) after the
+        users, tasks and watermark were loaded from the changelog (``changelog.restore``)."""
         for user_id in self.users:
             self._index_user(user_id, with_tasks=False)
         for state in self.tasks.values():
+            self.user_tasks.setdefault(state.user_id, set()).add(state.key)
             self._index_task(state)
-
-
-def _spawn_doc(fire: SpawnFire) -> dict[str, Any]:
-    return {"due_at": None if fire.due_at is None else format_instant(fire.due_at),
-            "due_date": None if fire.due_date is None else fire.due_date.isoformat(),
-            "due_instant": format_instant(fire.due_instant),
-            "fire_at": format_instant(fire.fire_at)}
-
-
-def _spawn_fire(doc: dict[str, Any]) -> SpawnFire:
-    return SpawnFire(None if doc["due_at"] is None else _instant(doc["due_at"]),
-                     None if doc["due_date"] is None else date.fromisoformat(doc["due_date"]),
-                     _instant(doc["due_instant"]), _instant(doc["fire_at"]))
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if state.task is None and state.retired_at is not None:
+                self._expire_later(state)

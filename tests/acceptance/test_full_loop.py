@@ -2,7 +2,8 @@
 
 a recurring series written by the Todo API (task row + outbox row) → relay →
 todo.task-events → worker → task.spawn → spawn sink → new task row + outbox row → relay →
-worker → that instance's reminder fires.
+worker → that instance's reminder fires, and the day's digest lists the instance. The series
+row itself is a template (contract v1.1): no reminder and no digest line of its own.
 """
 
 from __future__ import annotations
@@ -104,8 +105,14 @@ def test_series_in_postgres_spawns_an_instance_whose_reminder_fires(
     [instance] = asyncio.run(_instances(database))
     spawns = asyncio.run(read_json(settings, settings.topics.task_commands))
     assert [s["occurrence"] for s in spawns] == [{"due_at": "2026-05-02T09:00:00Z"}]
-    reminders = [n for n in asyncio.run(read_json(settings, settings.topics.notifications))
-                 if n["type"] == "reminder.due" and n["task_id"] == instance["task_id"]]
-    assert len(reminders) == 1
+    notifications = asyncio.run(read_json(settings, settings.topics.notifications))
+    reminders = [n for n in notifications if n["type"] == "reminder.due"]
+    assert [r["task_id"] for r in reminders] == [instance["task_id"]]
     assert reminders[0]["fire_at"] == "2026-05-02T08:30:00Z"
     assert reminders[0]["late"] is False and reminders[0]["title"] == "Stand-up"
+    # 09:00 in Lisbon on the instance's day: the instance, never the series next to it.
+    digests = [n for n in notifications if n["type"] == "digest.daily"]
+    assert [(d["local_date"], d["tasks"], d["overdue_count"], d["omitted_count"])
+            for d in digests] == [("2026-05-02", [
+                {"task_id": instance["task_id"], "title": "Stand-up",
+                 "due_at": "2026-05-02T09:00:00Z", "due_date": None}], 0, 0)]

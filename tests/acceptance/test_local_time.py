@@ -3,8 +3,11 @@ read_committed, expected values from tests/local_model.py (written from DESIGN.m
 
 - Digests at local times across the DST changes of March/April 2026 for users in five
   zones, with every gap and fold policy, and a zone change in the middle of the window.
+  Every user also has a weekly series with a reminder: a template (contract v1.1), never
+  listed, never overdue, never reminded; one user has 130 tasks on one day (the list cap).
 - Monthly-on-the-31st and yearly-on-Feb-29 series with each skip policy across 13 months,
-  timed and all-day; a completion-anchored series.
+  timed and all-day; a completion-anchored series; a series dated three years back, which
+  spawns from the bounded catch-up horizon, not from its start.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import pytest
 from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.local_model import (
+    DIGEST_MAX_TASKS,
+    SPAWN_WINDOW,
     DigestModel,
     DigestUser,
     day_start,
+    first_tick,
     month_day_occurrences,
     spawn,
 )
@@ -112,6 +118,13 @@ def test_digests_across_dst_with_every_policy_and_a_zone_change(settings: Settin
             if n % 3 == 0:
                 tasks.append(_task(u.user_id, 2 * n + 1, due_date=day,
                                    status="completed" if n % 9 == 0 else "open"))
+        weekly = _task(u.user_id, 900, due_at=datetime.combine(
+            date(2026, 3, 10), time(12, 0), tzinfo=ZoneInfo(u.timezone)),
+            recurrence={"rrule": "FREQ=WEEKLY", "anchor": "due", "skip": "omit"})
+        tasks.append({**weekly, "reminders": [{"before_minutes": 30}]})
+        if u.user_id == "berlin":
+            tasks += [_task(u.user_id, 1000 + n, due_date=date(2026, 3, 12))
+                      for n in range(130)]
         model.tasks[u.user_id] = tasks
         events.extend(_upsert(t, w0) for t in tasks)
     model.run([(u, w0, wend) for u in users if u.user_id != "mover"]
@@ -125,9 +138,13 @@ def test_digests_across_dst_with_every_policy_and_a_zone_change(settings: Settin
         ], int(step.total_seconds())))
     finally:
         worker.kill(signal.SIGTERM)
-    got = [n for n in asyncio.run(read_json(settings, settings.topics.notifications))
-           if n["type"] == "digest.daily"]
+    notifications = asyncio.run(read_json(settings, settings.topics.notifications))
+    assert not [n for n in notifications if n["type"] == "reminder.due"]  # series: templates
+    got = [n for n in notifications if n["type"] == "digest.daily"]
     _compare(got, model.expected)
+    capped = [n for n in got if n["omitted_count"]]
+    assert [(n["user_id"], n["local_date"], len(n["tasks"])) for n in capped] == [
+        ("berlin", "2026-03-12", DIGEST_MAX_TASKS)]
     per_user = Counter(n["user_id"] for n in got)
     # The policies differ exactly on the DST days: guard against a degenerate scenario.
     assert per_user["ny-gap-skip"] == per_user["ny-gap-shift"] - 1
@@ -190,6 +207,19 @@ def test_month_end_and_leap_day_series_and_completion_anchor(settings: Settings,
                   "task 0", grid, step, fire=wmid)
     expected[after["spawn_id"]] = after
 
+    # A series whose event is dated three years back: only the occurrences whose day began
+    # within the spawn catch-up window of the first tick are spawned (late), then the rest.
+    utc, ancient_start = ZoneInfo("UTC"), ts("2023-03-01T10:00:00Z")
+    ancient = _task("user-ancient", 0, task_id="ancient-weekly", due_at=ancient_start,
+                    recurrence={"rrule": "FREQ=WEEKLY", "anchor": "due", "skip": "omit"})
+    events.append(_upsert(ancient, ancient_start - timedelta(days=1)))
+    day = ancient_start.date()
+    while day_start(day, utc) <= wend:
+        doc = spawn("user-ancient", "ancient-weekly", utc, day, time(10, 0), "task 0", grid, step)
+        if first_tick(day_start(day, utc), grid, step) - day_start(day, utc) <= SPAWN_WINDOW:
+            expected[doc["spawn_id"]] = doc
+        day += timedelta(days=7)
+
     worker = Proc(settings, "worker", log=tmp_path / "worker.log").start()
     try:
         asyncio.run(_run(settings, [
@@ -204,3 +234,6 @@ def test_month_end_and_leap_day_series_and_completion_anchor(settings: Settings,
                     for n in got if "-" in n["series_id"])
     assert kinds[("omit", True)] < kinds[("backward", True)] == kinds[("forward", True)]
     assert any(n["late"] for n in got) and any(not n["late"] for n in got)
+    ancient_spawns = sorted(n["occurrence"]["due_at"] for n in got
+                            if n["series_id"] == "ancient-weekly")
+    assert ancient_spawns[0] == "2026-02-25T10:00:00Z" and len(ancient_spawns) > 50

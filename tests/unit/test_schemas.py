@@ -103,6 +103,7 @@ DIGEST_DAILY: dict[str, Any] = {
         {"task_id": "t-2", "title": "b", "due_at": None, "due_date": "2026-03-09"},
     ],
     "overdue_count": 2,
+    "omitted_count": 3,
 }
 TASK_SPAWN: dict[str, Any] = {
     "type": "task.spawn",

@@ -137,6 +137,10 @@ are not printed in float notation.
   value: {{ int64 $c.reminder_catchup_s | quote }}
 - name: DIGEST_CATCHUP_S
   value: {{ int64 $c.digest_catchup_s | quote }}
+- name: SPAWN_CATCHUP_S
+  value: {{ int64 $c.spawn_catchup_s | quote }}
+- name: STATE_RETENTION_S
+  value: {{ int64 $c.state_retention_s | quote }}
 - name: METRICS_PORT
   value: {{ int64 $c.metrics_port | quote }}
 - name: LOG_LEVEL
