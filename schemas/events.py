@@ -1,39 +1,61 @@
 """Input records on ``todo.task-events``: task upserts and deletions, user settings.
 
-Owns their shapes and shallow checks (non-empty ids, versions ≥ 1, known zones, one of
-``due_at``/``due_date``). Deeper meaning — RRULE grammar, DST resolution, what to plan —
-lives in the time core and planning. Must not import faust, aiokafka, asyncpg or ``streams``.
+Owns their shapes and the edge checks: non-empty bounded ids, versions ≥ 1, known zones, one
+of ``due_at``/``due_date``, the bounds of ``schemas.limits`` (instant range, title length,
+reminders per task), and the RRULE fully parsed by the time core, so that nothing a record
+carries can make planning raise later. What to plan lives in planning. Must not import
+faust, aiokafka, asyncpg or ``streams`` except the time core's RRULE parser.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Strict,
+    StringConstraints,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from schemas.limits import (
+    EARLIEST,
+    LATEST,
+    LATEST_DATE,
+    MAX_BEFORE_MINUTES,
+    MAX_REMINDERS,
+    MAX_RRULE_CHARS,
+    MAX_TITLE_CHARS,
+)
 from schemas.values import (
-    Count,
+    Identifier,
+    InputDate,
+    InputInstant,
     InputModel,
-    Instant,
-    LocalDate,
     LocalTime,
-    NonEmptyStr,
     Version,
     Zone,
 )
+from streams.errors import InvalidSchedule
+from streams.timecore.recurrence import parse_rrule
 
 
 class BeforeReminder(InputModel):
     """Fires ``before_minutes`` before the task's ``due_at``."""
 
-    before_minutes: Count
+    before_minutes: Annotated[int, Strict(), Field(ge=0, le=MAX_BEFORE_MINUTES)]
 
 
 class AtReminder(InputModel):
     """Fires at an absolute instant."""
 
-    at: Instant
+    at: InputInstant
 
 
 def _reminder_tag(value: Any) -> str | None:
@@ -62,9 +84,9 @@ Reminder: TypeAlias = Annotated[
 
 
 class Recurrence(InputModel):
-    """A series rule; only the RRULE's outline is checked here."""
+    """A series rule, parsed in full by the time core when decoded (UNTIL range-checked)."""
 
-    rrule: NonEmptyStr
+    rrule: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RRULE_CHARS)]
     anchor: Literal["due", "completion"] = "due"
     skip: Literal["omit", "backward", "forward"] = "omit"
 
@@ -73,23 +95,38 @@ class Recurrence(InputModel):
     def _outline(cls, value: str) -> str:
         if not value.upper().startswith(("FREQ=", "RRULE:")):
             raise PydanticCustomError("rrule_prefix", "rrule must start with 'FREQ=' or 'RRULE:'")
+        try:
+            rule = parse_rrule(value)
+        except InvalidSchedule as exc:
+            # The parser's reason names the rule part (COUNT, BYDAY...), quoting at most
+            # one item of a rule bounded to MAX_RRULE_CHARS.
+            raise PydanticCustomError("rrule", "{reason}", {"reason": str(exc)}) from None
+        until = rule.until
+        if until is not None:
+            day = until.date() if isinstance(until, datetime) else until
+            if not EARLIEST.date() <= day <= LATEST_DATE:
+                raise PydanticCustomError(
+                    "rrule_until", "UNTIL: should be between {earliest} and {latest}",
+                    {"earliest": EARLIEST.date().isoformat(),
+                     "latest": (LATEST - timedelta(days=1)).date().isoformat()})
         return value
 
 
 class Task(InputModel):
     """A task as the Todo API sees it; ``due_at`` (timed) and ``due_date`` (all-day) exclude."""
 
-    task_id: NonEmptyStr
-    user_id: NonEmptyStr
+    task_id: Identifier
+    user_id: Identifier
     version: Version
-    title: str
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE_CHARS)]
     status: Literal["open", "completed"]
-    completed_at: Instant | None = None
-    due_at: Instant | None = None
-    due_date: LocalDate | None = None
-    reminders: list[Reminder] = Field(default_factory=list)
+    completed_at: InputInstant | None = None
+    due_at: InputInstant | None = None
+    due_date: InputDate | None = None
+    reminders: Annotated[list[Reminder], Field(max_length=MAX_REMINDERS)] = Field(
+        default_factory=list)
     recurrence: Recurrence | None = None
-    series_id: str | None = None
+    series_id: Identifier | None = None
 
     @model_validator(mode="after")
     def _one_due(self) -> Task:
@@ -100,17 +137,17 @@ class Task(InputModel):
 
 class TaskUpserted(InputModel):
     type: Literal["task.upserted"]
-    event_id: NonEmptyStr
-    occurred_at: Instant
+    event_id: Identifier
+    occurred_at: InputInstant
     task: Task
 
 
 class TaskDeleted(InputModel):
     type: Literal["task.deleted"]
-    event_id: NonEmptyStr
-    occurred_at: Instant
-    task_id: NonEmptyStr
-    user_id: NonEmptyStr
+    event_id: Identifier
+    occurred_at: InputInstant
+    task_id: Identifier
+    user_id: Identifier
     version: Version
 
 
@@ -123,9 +160,9 @@ class DstPolicy(InputModel):
 
 class UserSettings(InputModel):
     type: Literal["user.settings"]
-    event_id: NonEmptyStr
-    occurred_at: Instant
-    user_id: NonEmptyStr
+    event_id: Identifier
+    occurred_at: InputInstant
+    user_id: Identifier
     version: Version
     timezone: Zone
     digest_time: LocalTime | None = None

@@ -49,6 +49,10 @@ class Settings(BaseModel):
     transaction_timeout_ms: int = Field(60_000, ge=1_000)
     reminder_catchup_s: int = Field(15 * 60, ge=0)
     digest_catchup_s: int = Field(3 * 3600, ge=0)
+    # The topics' max.message.bytes: no output is written larger (docs/contracts.md, Limits).
+    max_message_bytes: int = Field(1_000_000, ge=65_536)
+    # A live tick more than this ahead of its record's broker timestamp is refused.
+    tick_max_ahead_s: int = Field(300, ge=1)
     metrics_port: int = Field(9108, ge=0, le=65535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -96,6 +100,8 @@ ENV: dict[str, str] = {
     "transaction_timeout_ms": "TRANSACTION_TIMEOUT_MS",
     "reminder_catchup_s": "REMINDER_CATCHUP_S",
     "digest_catchup_s": "DIGEST_CATCHUP_S",
+    "max_message_bytes": "MAX_MESSAGE_BYTES",
+    "tick_max_ahead_s": "TICK_MAX_AHEAD_S",
     "metrics_port": "METRICS_PORT",
     "log_level": "LOG_LEVEL",
 }

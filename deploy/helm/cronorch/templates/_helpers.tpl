@@ -76,6 +76,10 @@ are not printed in float notation.
   value: {{ int64 $c.reminder_catchup_s | quote }}
 - name: DIGEST_CATCHUP_S
   value: {{ int64 $c.digest_catchup_s | quote }}
+- name: MAX_MESSAGE_BYTES
+  value: {{ int64 $c.max_message_bytes | quote }}
+- name: TICK_MAX_AHEAD_S
+  value: {{ int64 $c.tick_max_ahead_s | quote }}
 - name: METRICS_PORT
   value: {{ int64 $c.metrics_port | quote }}
 - name: LOG_LEVEL
