@@ -1,9 +1,11 @@
 """The bounds every input record is held to (docs/contracts.md, "Limits (v1.1)").
 
-Owns the numbers only; the models in ``schemas.events`` and ``schemas.ticks`` enforce them,
-the codec checks the record size before parsing, and dead letters keep a bounded prefix of
-what they quarantine. A record past any bound is dead-lettered whole, never applied in part.
-Must not import faust, aiokafka, asyncpg or ``streams`` below the time core.
+Owns the numbers only. ``schemas.events.TASK_EVENT_ADAPTER`` and
+``schemas.ticks.TIMELINE_ADAPTER`` (what records are decoded with) enforce them, the models
+themselves do not (state stored before the limits must still load), the codec checks the
+record size before parsing, and dead letters keep a bounded prefix of what they quarantine.
+A record past any bound is dead-lettered whole, never applied in part. Imports nothing of
+ours; must not import faust, aiokafka, asyncpg or ``streams``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ MAX_RECORD_BYTES = 64 * 1024
 MAX_TITLE_CHARS = 1_000
 MAX_REMINDERS = 50
 MAX_ID_CHARS = 200
+MAX_VERSION = 2**63 - 1  # a PostgreSQL bigint
 MAX_RRULE_CHARS = 500
 MAX_ZONE_CHARS = 64  # the longest IANA name is 32
 # A ``before_minutes`` reminder: at most one year (366 days) before the due.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeAlias
 
-from pydantic import Field, TypeAdapter
+from pydantic import AfterValidator, Field, TypeAdapter
 
-from schemas.events import TaskDeleted, TaskUpserted, UserSettings
+from schemas.events import TaskDeleted, TaskUpserted, UserSettings, within_limits
 from schemas.values import InputInstant, InputModel
 
 
@@ -32,4 +32,5 @@ class Tick(InputModel):
 TimelineRecord: TypeAlias = Annotated[
     Tick | TaskUpserted | TaskDeleted | UserSettings, Field(discriminator="type")
 ]
-TIMELINE_ADAPTER: TypeAdapter[TimelineRecord] = TypeAdapter(TimelineRecord)
+TIMELINE_ADAPTER: TypeAdapter[TimelineRecord] = TypeAdapter(
+    Annotated[TimelineRecord, AfterValidator(within_limits)])

@@ -8,8 +8,8 @@ Owns how instants, local dates, local times and zone names look on the wire:
 - ``LocalDate``: a ``datetime.date`` written ``YYYY-MM-DD``.
 - ``LocalTime``: a naive ``datetime.time`` with whole minutes, written ``HH:MM``.
 - ``Zone``: an IANA zone name (``str``) that ``zoneinfo`` knows.
-- ``InputInstant``/``InputDate``: the same, held to the input range of ``schemas.limits``
-  (an instant that overflows when converted to UTC is a field error, never an exception).
+- ``InputInstant``: the same, held to the input range of ``schemas.limits``. An instant
+  that overflows when converted to UTC is a field error of either, never an exception.
 
 ``InputModel`` (records this service reads) ignores unknown fields; ``OutputModel`` (records
 it only writes) forbids them. Both are frozen. Must not import faust, aiokafka, asyncpg,
@@ -38,10 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from schemas.limits import (
     EARLIEST,
-    EARLIEST_DATE,
     LATEST,
-    LATEST_DATE,
-    MAX_ID_CHARS,
     MAX_ZONE_CHARS,
 )
 
@@ -95,14 +92,6 @@ def _in_range(value: datetime) -> datetime:
     return value
 
 
-def _date_in_range(value: date) -> date:
-    if not EARLIEST_DATE <= value <= LATEST_DATE:
-        raise PydanticCustomError(
-            "local_date_range", "Input should be a local date between {earliest} and {latest}",
-            {"earliest": EARLIEST_DATE.isoformat(), "latest": LATEST_DATE.isoformat()})
-    return value
-
-
 def _date_shape(value: Any) -> Any:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
@@ -145,10 +134,8 @@ Instant: TypeAlias = Annotated[
     ),
 ]
 LocalDate: TypeAlias = Annotated[date, BeforeValidator(_date_shape)]
-# What inputs may carry (schemas.limits): the time core and the due index are only asked
-# about instants and dates in this range, so no conversion or arithmetic can overflow.
+# A tick's instant (schemas.limits): the due index is only asked about this range.
 InputInstant: TypeAlias = Annotated[Instant, AfterValidator(_in_range)]
-InputDate: TypeAlias = Annotated[LocalDate, AfterValidator(_date_in_range)]
 LocalTime: TypeAlias = Annotated[
     time,
     BeforeValidator(_time_shape),
@@ -161,8 +148,7 @@ Zone: TypeAlias = Annotated[
     WithJsonSchema({"type": "string", "minLength": 1, "description": "IANA time zone name"}),
 ]
 NonEmptyStr: TypeAlias = Annotated[str, StringConstraints(min_length=1)]
-Identifier: TypeAlias = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
-Version: TypeAlias = Annotated[int, Strict(), Field(ge=1, le=2**63 - 1)]  # a bigint
+Version: TypeAlias = Annotated[int, Strict(), Field(ge=1)]
 Count: TypeAlias = Annotated[int, Strict(), Field(ge=0)]
 
 

@@ -133,6 +133,23 @@ def test_a_record_that_fails_to_apply_is_dead_lettered_and_its_state_put_back(
         ("a", "2026-01-02T12:00:00Z"), ("b", "2026-01-02T12:00:00Z")]
 
 
+def test_state_stored_before_the_limits_still_restores() -> None:
+    """The limits hold at the edge (the decoding adapters), not in the models: a changelog
+    written before them (a long title, a completed series with a rule now refused) loads."""
+    pipe = MemoryPipeline(SETTINGS, partitions=1)
+    pipe.publish([(b"u", orjson.dumps(upsert("u", "a")))])
+    (entry,) = [r for r in pipe.changelogs[0] if r.key == b"t|u|a"]
+    doc = orjson.loads(entry.value or b"")
+    doc["task"]["title"] = "z" * 5_000
+    doc["task"]["recurrence"] = {"rrule": "FREQ=DAILY;BYHOUR=3", "anchor": "due",
+                                 "skip": "omit"}
+    doc["task"]["status"] = "completed"
+    pipe.changelogs[0].append(Record(entry.topic, 0, entry.offset + 1, entry.key,
+                                     orjson.dumps(doc), entry.timestamp_ms))
+    pipe.crash(0)
+    assert pipe.agent.states[0].tasks["t|u|a"].task is not None
+
+
 def test_an_infrastructure_error_still_reaches_the_engine(
         monkeypatch: pytest.MonkeyPatch) -> None:
     pipe = MemoryPipeline(SETTINGS, partitions=1)
