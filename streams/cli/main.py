@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from schemas.limits import EARLIEST, LATEST
 from streams.cli import jobs as jobcli
 from streams.cli import preview
 from streams.cli import tasks as taskcli
@@ -24,7 +25,10 @@ def _instant(text: str) -> datetime:
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} has no offset; write it as 2026-03-08T07:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset: argparse reports only ValueError
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC instant") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +115,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.start is not None or args.end is not None:
             if args.start is None or args.end is None:
                 raise SystemExit("cronorch tick: --from and --to go together")
+            for flag, at in (("--from", args.start), ("--to", args.end)):
+                if not EARLIEST <= at < LATEST:
+                    raise SystemExit(f"cronorch tick: {flag} should be between "
+                                     f"{EARLIEST.isoformat()} and {LATEST.isoformat()}")
             count = asyncio.run(tickproducer.publish_range(settings, args.start, args.end, step))
             _print({"ticks": count, "from": args.start.isoformat(), "to": args.end.isoformat()})
             return 0

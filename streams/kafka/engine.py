@@ -40,6 +40,7 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from schemas.limits import DEAD_LETTER_KEY_BYTES
 from streams import codec
 from streams.errors import BrokerUnavailable, Fenced, InvalidEvent, Rejected, TransientError
 from streams.jobs.decisions import backoff_cap_s
@@ -75,7 +76,13 @@ def dead_letter(settings: Settings, record: Record, reason: str) -> Output:
         key=record.key, value=record.value,
         failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
     )
-    return Output(settings.topics.dead_letters, record.key, codec.dumps(letter))
+    return Output(settings.topics.dead_letters, letter_key(record.key), codec.dumps(letter))
+
+
+def letter_key(key: bytes | None) -> bytes | None:
+    """The key a dead letter is written with: the original's, cut to the prefix the letter
+    keeps of it, so a hostile key cannot make the letter itself too large."""
+    return None if key is None else key[:DEAD_LETTER_KEY_BYTES]
 
 
 def caused_by_record(exc: Exception) -> bool:
@@ -130,7 +137,8 @@ def fit(settings: Settings, role: str, partition: int, last: Record,
         letter = codec.dead_letter(
             reason, topic=out.topic, partition=partition, offset=last.offset, key=out.key,
             value=out.value, failed_at=datetime.fromtimestamp(last.timestamp_ms / 1000, UTC))
-        fitted.append(Output(settings.topics.dead_letters, out.key, codec.dumps(letter)))
+        fitted.append(Output(settings.topics.dead_letters, letter_key(out.key),
+                             codec.dumps(letter)))
     return fitted
 
 

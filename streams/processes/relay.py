@@ -46,6 +46,7 @@ from streams import codec
 from streams.errors import RecordRejected, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output
+from streams.kafka.engine import letter_key
 from streams.postgres.database import Database, Listener, OutboxRow
 from streams.processes import lifecycle
 from streams.settings import Settings
@@ -117,7 +118,7 @@ class Relay:
         letter = codec.dead_letter(reason, topic="outbox", partition=0, offset=row.outbox_id,
                                    key=row.user_id.encode(), value=row.payload.encode(),
                                    failed_at=self.clock())
-        return Output(self.settings.topics.dead_letters, row.user_id.encode(),
+        return Output(self.settings.topics.dead_letters, letter_key(row.user_id.encode()),
                       codec.dumps(letter))
 
     async def pass_once(self) -> int:

@@ -80,6 +80,14 @@ def test_hostile_records_among_valid_ones_of_the_same_users() -> None:
         assert len(codec.dumps(letter)) < MAX_OUTPUT_BYTES
 
 
+def test_a_hostile_key_cannot_make_its_dead_letter_too_large() -> None:
+    pipe = MemoryPipeline(SETTINGS, partitions=1)
+    pipe.publish([(b"k" * 2_000_000, b"not json")])
+    (out,) = [o for o in pipe.outputs if o.topic == SETTINGS.topics.dead_letters]
+    assert out.key == b"k" * 1_024
+    assert len(out.value or b"") < 64 * 1024
+
+
 def test_a_dead_letter_keeps_a_bounded_prefix_with_size_and_hash() -> None:
     value = b"x" * 800_000
     letter = codec.dead_letter("record too large", topic="t", partition=1, offset=7,
