@@ -12,6 +12,7 @@ except the time core's RRULE parser.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
@@ -222,21 +223,23 @@ def limit_violations(event: TaskUpserted | TaskDeleted | UserSettings) -> list[s
     return problems
 
 
-def _rule_violations(rrule: str) -> list[str]:
+# Users share a handful of rules ("FREQ=DAILY", "FREQ=WEEKLY;BYDAY=MO"): parse each once.
+@functools.lru_cache(maxsize=4096)
+def _rule_violations(rrule: str) -> tuple[str, ...]:
     path = "task.recurrence.rrule"
     if len(rrule) > MAX_RRULE_CHARS:
-        return [f"{path}: should have at most {MAX_RRULE_CHARS} characters"]
+        return (f"{path}: should have at most {MAX_RRULE_CHARS} characters",)
     try:
         rule = parse_rrule(rrule)
     except InvalidSchedule as exc:
         # Names the rule part (COUNT, BYDAY...), quoting at most one item of a bounded rule.
-        return [f"{path}: {exc}"]
+        return (f"{path}: {exc}",)
     if rule.until is not None:
         day = rule.until.date() if isinstance(rule.until, datetime) else rule.until
         if not EARLIEST.date() <= day <= LATEST_DATE:
-            return [f"{path}: UNTIL should be between {EARLIEST.date().isoformat()} and "
-                    f"{(LATEST - timedelta(days=1)).date().isoformat()}"]
-    return []
+            return (f"{path}: UNTIL should be between {EARLIEST.date().isoformat()} and "
+                    f"{(LATEST - timedelta(days=1)).date().isoformat()}",)
+    return ()
 
 
 def within_limits(event: T) -> T:
