@@ -167,7 +167,6 @@ class TimelineAgent:
         self.counts.update(effects.counts)
         return outputs
 
-
     def _refusal(self, record: Record, tick: Tick) -> str | None:
         """Why a live tick is refused, or None: too far ahead of the broker's clock."""
         if tick.source != "live" or record.timestamp_ms < 0:
