@@ -9,20 +9,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, TypeAlias
 
-from pydantic import Field, TypeAdapter
+from pydantic import AfterValidator, Field, TypeAdapter
 
-from schemas.events import TaskDeleted, TaskUpserted, UserSettings
-from schemas.values import InputModel, Instant
+from schemas.events import TaskDeleted, TaskUpserted, UserSettings, within_limits
+from schemas.values import InputInstant, InputModel
 
 
 class Tick(InputModel):
-    """A point on the tick grid: time, as an event."""
+    """A point on the tick grid: time, as an event.
+
+    ``source`` says who chose the instant: ``live`` ticks come from the tick producer's clock
+    and are checked against the broker's timestamp of their record (a tick far ahead of it is
+    refused), ``range`` ticks are an operator's explicit window (``cronorch tick --from``) for
+    tests, demos and backfills and are taken as they are. A tick without it is ``live``.
+    """
 
     type: Literal["tick"] = "tick"
-    tick_at: Instant
+    tick_at: InputInstant
+    source: Literal["live", "range"] = "live"
 
 
 TimelineRecord: TypeAlias = Annotated[
     Tick | TaskUpserted | TaskDeleted | UserSettings, Field(discriminator="type")
 ]
-TIMELINE_ADAPTER: TypeAdapter[TimelineRecord] = TypeAdapter(TimelineRecord)
+TIMELINE_ADAPTER: TypeAdapter[TimelineRecord] = TypeAdapter(
+    Annotated[TimelineRecord, AfterValidator(within_limits)])

@@ -8,6 +8,8 @@ Owns how instants, local dates, local times and zone names look on the wire:
 - ``LocalDate``: a ``datetime.date`` written ``YYYY-MM-DD``.
 - ``LocalTime``: a naive ``datetime.time`` with whole minutes, written ``HH:MM``.
 - ``Zone``: an IANA zone name (``str``) that ``zoneinfo`` knows.
+- ``InputInstant``: the same, held to the input range of ``schemas.limits``. An instant
+  that overflows when converted to UTC is a field error of either, never an exception.
 
 ``InputModel`` (records this service reads) ignores unknown fields; ``OutputModel`` (records
 it only writes) forbids them. Both are frozen. Must not import faust, aiokafka, asyncpg,
@@ -33,6 +35,12 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
+
+from schemas.limits import (
+    EARLIEST,
+    LATEST,
+    MAX_ZONE_CHARS,
+)
 
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
@@ -66,7 +74,22 @@ def _instant_shape(value: Any) -> Any:
 def _to_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise PydanticCustomError("instant_naive", _NAIVE)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # Year 1 with a positive offset (or 9999 with a negative one) is legal RFC 3339 but
+        # has no UTC instant in Python; pydantic passes only ValueError on as a field error.
+        raise PydanticCustomError(
+            "instant_range", "Input should be an instant between {earliest} and {latest}",
+            {"earliest": format_instant(EARLIEST), "latest": format_instant(LATEST)}) from None
+
+
+def _in_range(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise PydanticCustomError(
+            "instant_range", "Input should be an instant between {earliest} and {latest}",
+            {"earliest": format_instant(EARLIEST), "latest": format_instant(LATEST)})
+    return value
 
 
 def _date_shape(value: Any) -> Any:
@@ -88,8 +111,11 @@ def _time_shape(value: Any) -> Any:
 
 def _known_zone(name: str) -> str:
     try:
+        if len(name) > MAX_ZONE_CHARS:
+            raise ValueError(name)
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    # A directory of the tz database ("America") or an over-long path is an OSError.
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         # Zone names come from a picker, not free text; bound them anyway.
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise PydanticCustomError(
@@ -108,6 +134,8 @@ Instant: TypeAlias = Annotated[
     ),
 ]
 LocalDate: TypeAlias = Annotated[date, BeforeValidator(_date_shape)]
+# A tick's instant (schemas.limits): the due index is only asked about this range.
+InputInstant: TypeAlias = Annotated[Instant, AfterValidator(_in_range)]
 LocalTime: TypeAlias = Annotated[
     time,
     BeforeValidator(_time_shape),

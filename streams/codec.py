@@ -2,7 +2,9 @@
 
 Decoding never raises anything but ``InvalidEvent`` (whose reason is safe to log: it holds
 field paths, never user text); every invalid record becomes a ``DeadLetter`` carrying the
-original bytes. No Kafka or PostgreSQL client here.
+original bytes (a bounded prefix of them past ``schemas.limits.DEAD_LETTER_VALUE_BYTES``).
+A record larger than ``schemas.limits.MAX_RECORD_BYTES`` is refused before it is parsed.
+No Kafka or PostgreSQL client here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import TypeAdapter
 
 from schemas import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER, DeadLetter, Tick, TimelineRecord
 from schemas.events import TaskEvent
+from schemas.limits import MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
 from streams.errors import InvalidEvent
 
@@ -25,10 +28,16 @@ T = TypeVar("T")
 def _decode(adapter: TypeAdapter[T], value: bytes | None) -> T:
     if value is None:
         raise InvalidEvent("empty record value")
+    if len(value) > MAX_RECORD_BYTES:
+        raise InvalidEvent(f"record of {len(value)} bytes is over the limit of "
+                           f"{MAX_RECORD_BYTES} bytes")
     try:
         return loads(adapter, value)
     except WireError as exc:
         raise InvalidEvent(str(exc)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # A validator that fails in an unplanned way is still this record's fault.
+        raise InvalidEvent(f"invalid record ({type(exc).__name__})") from None
 
 
 def decode_timeline(value: bytes | None) -> TimelineRecord:
@@ -41,8 +50,9 @@ def decode_task_event(value: bytes | None) -> TaskEvent:
     return _decode(TASK_EVENT_ADAPTER, value)
 
 
-def encode_tick(tick_at: datetime) -> bytes:
-    return dumps(Tick(type="tick", tick_at=tick_at))
+def encode_tick(tick_at: datetime, *, source: str = "live") -> bytes:
+    """A tick record; ``source="range"`` marks an operator's explicit window."""
+    return dumps(Tick.model_validate({"type": "tick", "tick_at": tick_at, "source": source}))
 
 
 def dead_letter(reason: str, *, topic: str, partition: int, offset: int, key: bytes | None,

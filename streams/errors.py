@@ -8,6 +8,9 @@
     ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
     ├── DatabaseError              PostgreSQL rejected a statement (constraint, syntax, rights)
     ├── Fenced                     another instance owns the partition now (zombie fencing)
+    ├── Rejected                   Kafka refused for good: retrying cannot help
+    │   ├── RecordRejected         one record (too large, invalid): dead-letter it, go on
+    │   └── NotAuthorized          the credentials lack a right: stop with a clear error
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -86,3 +89,15 @@ class DatabaseUnavailable(TransientError):
 
 class Fenced(SchedulerError):
     """Another instance took over a partition (its producer fenced ours): give it up."""
+
+
+class Rejected(SchedulerError):
+    """Kafka refused a request in a way no retry can fix."""
+
+
+class RecordRejected(Rejected):
+    """The broker (or the client, before sending) refused one record: too large, invalid."""
+
+
+class NotAuthorized(Rejected):
+    """The principal lacks a right (topic, group, transactional id, cluster)."""

@@ -63,6 +63,10 @@ class Settings(BaseModel):
     digest_catchup_s: int = Field(3 * 3600, ge=0)
     spawn_catchup_s: int = Field(7 * 24 * 3600, ge=0)
     state_retention_s: int = Field(7 * 24 * 3600, ge=0)
+    # The topics' max.message.bytes: no output is written larger (docs/contracts.md, Limits).
+    max_message_bytes: int = Field(1_000_000, ge=65_536)
+    # A live tick more than this ahead of its record's broker timestamp is refused.
+    tick_max_ahead_s: int = Field(300, ge=1)
     metrics_port: int = Field(9108, ge=0, le=65535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -146,6 +150,8 @@ ENV: dict[str, str] = {
     "digest_catchup_s": "DIGEST_CATCHUP_S",
     "spawn_catchup_s": "SPAWN_CATCHUP_S",
     "state_retention_s": "STATE_RETENTION_S",
+    "max_message_bytes": "MAX_MESSAGE_BYTES",
+    "tick_max_ahead_s": "TICK_MAX_AHEAD_S",
     "metrics_port": "METRICS_PORT",
     "log_level": "LOG_LEVEL",
 }

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from schemas.limits import EARLIEST, LATEST
 from streams.cli import console, preview
 from streams.cli import jobs as jobcli
 from streams.cli import tasks as taskcli
@@ -115,6 +116,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.start is not None or args.end is not None:
             if args.start is None or args.end is None:
                 raise SystemExit("cronorch tick: --from and --to go together")
+            for flag, at in (("--from", args.start), ("--to", args.end)):
+                if not EARLIEST <= at < LATEST:
+                    raise SystemExit(f"cronorch tick: {flag} should be between "
+                                     f"{EARLIEST.isoformat()} and {LATEST.isoformat()}")
             count = asyncio.run(tickproducer.publish_range(settings, args.start, args.end, step))
             console.print_json({"ticks": count, "from": format_instant(args.start),
                                 "to": format_instant(args.end)})

@@ -22,16 +22,26 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    GroupAuthorizationFailedError,
+    InvalidMessageError,
+    InvalidTimestampError,
     KafkaConnectionError,
     KafkaError,
+    MessageSizeTooLargeError,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
 
-from streams.errors import BrokerUnavailable, ConfigError, Fenced
+from streams.errors import BrokerUnavailable, ConfigError, Fenced, NotAuthorized, RecordRejected
 from streams.settings import Settings
 
 __all__ = ["TopicPartition"]
@@ -87,8 +97,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     week = str(7 * 24 * 3600 * 1000)
     return [
         TopicSpec(t.task_events, settings.task_events_partitions, {"retention.ms": week}),
-        TopicSpec(t.timeline, n, {"retention.ms": week}),
-        TopicSpec(t.ticks, 1, {"retention.ms": week}),
+        # The broker stamps timeline and tick records itself (LogAppendTime), so a live
+        # tick can be checked against a clock that is not the tick producer's.
+        TopicSpec(t.timeline, n, {"retention.ms": week,
+                                  "message.timestamp.type": "LogAppendTime"}),
+        TopicSpec(t.ticks, 1, {"retention.ms": week, "message.timestamp.type": "LogAppendTime"}),
         TopicSpec(t.notifications, n, {"retention.ms": week}),
         TopicSpec(t.task_commands, n, {"retention.ms": week}),
         TopicSpec(t.dead_letters, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
@@ -242,10 +255,24 @@ def to_record(msg: Any) -> Record:
     return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp)
 
 
+_RECORD_REJECTED = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+                    InvalidMessageError, CorruptRecordException, InvalidTimestampError)
+_NOT_AUTHORIZED = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+                   TransactionalIdAuthorizationFailed, ClusterAuthorizationFailedError)
+
+
 def translate(exc: BaseException) -> Exception:
-    """Map an aiokafka error to ours (call as ``raise translate(e) from e``)."""
+    """Map an aiokafka error to ours (call as ``raise translate(e) from e``).
+
+    Refusals no retry can fix (a record too large or invalid, a missing right) become
+    ``RecordRejected``/``NotAuthorized``; every other Kafka error is ``BrokerUnavailable``.
+    """
     if isinstance(exc, ProducerFenced):
         return Fenced(str(exc))
+    if isinstance(exc, _RECORD_REJECTED):
+        return RecordRejected(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, _NOT_AUTHORIZED):
+        return NotAuthorized(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (KafkaConnectionError, KafkaError, asyncio.TimeoutError)):
         return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))

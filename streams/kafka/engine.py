@@ -12,6 +12,10 @@ a revoke never aborts open transactions, and the send buffer is not drained befo
 commit (faust-streaming issues #177, #517, #323). tests/acceptance/test_exactly_once.py shows
 the duplicates it produces under SIGKILL; docs/exactly-once.md explains the design.
 
+Outputs over ``max_message_bytes`` are replaced by dead letters before the transaction
+(``fit``); a refusal no retry can fix (a record too large for the topic after all, a missing
+right) stops the process with the error instead of resetting p forever.
+
 Transient failures (a broker restart, a timeout) reset p after an exponential backoff with
 full jitter (0.5 s doubling to 10 s), so a broker outage is waited out instead of spun on.
 
@@ -36,8 +40,9 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from schemas.limits import DEAD_LETTER_KEY_BYTES
 from streams import codec
-from streams.errors import BrokerUnavailable, Fenced, InvalidEvent
+from streams.errors import BrokerUnavailable, Fenced, InvalidEvent, Rejected, TransientError
 from streams.jobs.decisions import backoff_cap_s
 from streams.jobs.registry import Retries
 from streams.kafka import client as kafka
@@ -71,7 +76,28 @@ def dead_letter(settings: Settings, record: Record, reason: str) -> Output:
         key=record.key, value=record.value,
         failed_at=datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
     )
-    return Output(settings.topics.dead_letters, record.key, codec.dumps(letter))
+    return Output(settings.topics.dead_letters, letter_key(record.key), codec.dumps(letter))
+
+
+def letter_key(key: bytes | None) -> bytes | None:
+    """The key a dead letter is written with: the original's, cut to the prefix the letter
+    keeps of it, so a hostile key cannot make the letter itself too large."""
+    return None if key is None else key[:DEAD_LETTER_KEY_BYTES]
+
+
+def caused_by_record(exc: Exception) -> bool:
+    """Whether ``exc`` can only come from one record's content, so that dead-lettering that
+    record is the cure. Infrastructure errors (a broker or database away, fencing, a refusal
+    no record can fix) and running out of memory must reach the engine instead."""
+    return not isinstance(exc, (TransientError, Fenced, Rejected, KafkaError, MemoryError))
+
+
+def failure_reason(exc: Exception, doing: str) -> str:
+    """A reason for a record that failed while ``doing`` something: an ``InvalidEvent``'s
+    own reason, else the error's class only (its message may quote the record)."""
+    if isinstance(exc, InvalidEvent):
+        return exc.reason
+    return f"{doing} failed: {type(exc).__name__}"
 
 
 def decode_all(settings: Settings, role: str, records: list[Record],
@@ -82,11 +108,38 @@ def decode_all(settings: Settings, role: str, records: list[Record],
     for record in records:
         try:
             decoded.append((record, decode(record.value)))
-        except InvalidEvent as exc:
-            letters.append(dead_letter(settings, record, exc.reason))
+        except Exception as exc:
+            if not caused_by_record(exc):
+                raise
+            letters.append(dead_letter(settings, record, failure_reason(exc, "decoding")))
     if letters:
         metrics.DEAD_LETTERS.labels(role).inc(len(letters))
     return decoded, letters
+
+
+def fit(settings: Settings, role: str, partition: int, last: Record,
+        outputs: list[Output]) -> list[Output]:
+    """``outputs`` with any record over ``settings.max_message_bytes`` replaced by a dead letter
+    of it (a bounded prefix, its size and hash), so one oversized output can never make the
+    broker refuse the transaction over and over. The limits on inputs keep this from
+    happening; it is the last line, and each replacement is logged and counted."""
+    fitted: list[Output] = []
+    for out in outputs:
+        size = len(out.value or b"") + len(out.key or b"")
+        if size <= settings.max_message_bytes:
+            fitted.append(out)
+            continue
+        reason = (f"output to {out.topic} of {size} bytes is over max.message.bytes "
+                  f"({settings.max_message_bytes})")
+        log.error("oversized output dead-lettered", extra=fields(
+            role=role, partition=partition, topic=out.topic, size_bytes=size))
+        metrics.DEAD_LETTERS.labels(role).inc()
+        letter = codec.dead_letter(
+            reason, topic=out.topic, partition=partition, offset=last.offset, key=out.key,
+            value=out.value, failed_at=datetime.fromtimestamp(last.timestamp_ms / 1000, UTC))
+        fitted.append(Output(settings.topics.dead_letters, letter_key(out.key),
+                             codec.dumps(letter)))
+    return fitted
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -222,7 +275,8 @@ class Processor:
             return
         start = time.monotonic()
         try:
-            outputs = self.handler.process(p, records)
+            outputs = fit(self.settings, self.role, p, records[-1],
+                          self.handler.process(p, records))
             await producer.begin_transaction()
             await kafka.send_all(producer, outputs)
             await producer.send_offsets_to_transaction(
@@ -230,6 +284,15 @@ class Processor:
             await producer.commit_transaction()
         except (TimeoutError, KafkaError, Fenced, BrokerUnavailable) as exc:
             metrics.TRANSACTIONS.labels(self.role, "aborted").inc()
+            failure = kafka.translate(exc) if isinstance(exc, KafkaError) else exc
+            if isinstance(failure, Rejected):
+                # Outputs are already fitted to max.message.bytes, so a refusal means the
+                # topic's limit or rights differ from the settings: retrying cannot help.
+                with contextlib.suppress(Exception):
+                    await producer.abort_transaction()
+                log.error("Kafka refused the batch for good", extra=fields(
+                    role=self.role, partition=p, error_class=type(exc).__name__))
+                raise failure from exc
             await self._reset(p, exc)
             return
         self.next_offset[p] = records[-1].offset + 1

@@ -20,8 +20,12 @@ changed row (a task's next version cannot be written before its previous one com
 Wake-up: a trigger on ``outbox`` notifies channel ``cronorch_outbox`` at commit; the relay
 LISTENs on a dedicated connection and also polls every ``poll_interval_s`` in case a
 notification is lost (a dropped LISTEN connection is re-opened on the next pass).
+A row Kafka can never take (over ``max_message_bytes``, or refused for good) goes to the
+dead letters instead (source ``outbox``, offset its ``outbox_id``) and is marked published,
+so one bad row never blocks its user or the users after it.
+
 Owns the loop and the Kafka side; every SQL statement is in the PostgreSQL adapter. The
-clock is read only for ``published_at``.
+clock is read only for ``published_at`` and a dead letter's ``failed_at``.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from streams.errors import SchedulerError
+from streams import codec
+from streams.errors import RecordRejected, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output
+from streams.kafka.engine import letter_key
 from streams.postgres.database import Database, Listener, OutboxRow
 from streams.processes import lifecycle
 from streams.settings import Settings
@@ -67,12 +73,53 @@ class Relay:
         self.counts: Counter[str] = Counter()
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
-        topic = self.settings.topics.task_events
-        outputs = [Output(topic, r.user_id.encode(), r.payload.encode()) for r in rows]
+        outputs = [self._output(r) for r in rows]
         try:
             await kafka.send_all(self.producer, outputs)
         except KafkaError as exc:
+            failure = kafka.translate(exc)
+            if not isinstance(failure, RecordRejected):
+                raise failure from exc
+            # One row the broker refuses for good (too large for the topic, invalid) must
+            # not hold its user, nor the users after it, forever: find it and dead-letter it.
+            # Rows sent before it may be sent twice (at-least-once; versions de-duplicate).
+            for row, out in zip(rows, outputs, strict=True):
+                await self._send_or_dead_letter(row, out)
+
+    def _output(self, row: OutboxRow) -> Output:
+        key, value = row.user_id.encode(), row.payload.encode()
+        if len(key) + len(value) <= self.settings.max_message_bytes:
+            return Output(self.settings.topics.task_events, key, value)
+        return self._dead_letter(row, f"outbox row of {len(key) + len(value)} bytes is over "
+                                      f"max.message.bytes ({self.settings.max_message_bytes})")
+
+    async def _send_or_dead_letter(self, row: OutboxRow, out: Output) -> None:
+        try:
+            await kafka.send_all(self.producer, [out])
+            return
+        except KafkaError as exc:
+            failure = kafka.translate(exc)
+            if not isinstance(failure, RecordRejected) or \
+                    out.topic == self.settings.topics.dead_letters:
+                raise failure from exc
+            refused = type(exc).__name__
+        letter = self._dead_letter(row, f"refused by Kafka: {refused}")
+        try:
+            await kafka.send_all(self.producer, [letter])
+        except KafkaError as exc:
             raise kafka.translate(exc) from exc
+
+    def _dead_letter(self, row: OutboxRow, reason: str) -> Output:
+        """A dead letter for an outbox row (source ``outbox``, offset its ``outbox_id``)."""
+        log.warning("outbox row dead-lettered", extra=fields(
+            outbox_id=row.outbox_id, reason=reason))
+        self.counts["dead_letters"] += 1
+        metrics.DEAD_LETTERS.labels("relay").inc()
+        letter = codec.dead_letter(reason, topic="outbox", partition=0, offset=row.outbox_id,
+                                   key=row.user_id.encode(), value=row.payload.encode(),
+                                   failed_at=self.clock())
+        return Output(self.settings.topics.dead_letters, letter_key(row.user_id.encode()),
+                      codec.dumps(letter))
 
     async def pass_once(self) -> int:
         """One batch for each user with unpublished rows that no other relay holds."""

@@ -14,6 +14,8 @@ only when the row is new. Every value of the row and of its event is a function 
 (``task_id`` and ``event_id`` are UUIDv5 of ``spawn_id``; ``occurred_at``, ``created_at`` and
 ``updated_at`` are the spawn's ``tick_at``), so a redelivery cannot write anything different.
 Dead letters may be sent twice by such a redelivery (at-least-once).
+A record that cannot be decoded or mapped to a row (over ``MAX_RECORD_BYTES``, or a
+template past today's input limits) is dead-lettered, never allowed to stop the sink.
 
 While PostgreSQL is unavailable the batch is retried with exponential backoff and full jitter,
 and nothing past it is committed. A batch PostgreSQL rejects for good (a constraint) is stored
@@ -41,11 +43,12 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
+from schemas.limits import MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
 from streams.errors import DatabaseError, InvalidEvent, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
-from streams.kafka.engine import dead_letter
+from streams.kafka.engine import caused_by_record, dead_letter, failure_reason
 from streams.postgres.database import Database, SpawnedTask
 from streams.processes import lifecycle
 from streams.settings import Settings
@@ -82,6 +85,9 @@ def decode_spawn(value: bytes | None) -> TaskSpawn:
     """A ``task.spawn`` command, or ``InvalidEvent`` with a reason that is safe to log."""
     if value is None:
         raise InvalidEvent("empty record value")
+    if len(value) > MAX_RECORD_BYTES:
+        raise InvalidEvent(f"record of {len(value)} bytes is over the limit of "
+                           f"{MAX_RECORD_BYTES} bytes")
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -161,8 +167,12 @@ class SpawnSink:
         for record in records:
             try:
                 accepted.append((record, spawned(decode_spawn(record.value))))
-            except InvalidEvent as exc:
-                letters.append(self._dead_letter(record, exc.reason))
+            except Exception as exc:
+                # A template past today's input limits (written before them) fails the row's
+                # own Task model: that is this record's fault too, never the sink's.
+                if not caused_by_record(exc):
+                    raise
+                letters.append(self._dead_letter(record, failure_reason(exc, "mapping")))
         if accepted:
             try:
                 new = await self._retrying(

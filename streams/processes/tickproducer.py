@@ -6,7 +6,9 @@ partition of ``scheduler.timeline``.
 
 - Live mode resumes after the last tick in ``scheduler.ticks``: ticks missed while it was
   down are published first (at most ``tick_catchup_max_s`` of them), so coverage has no gap.
-- Range mode publishes a historical window as fast as the broker takes it and exits.
+- Range mode publishes a historical window as fast as the broker takes it and exits. Its
+  ticks are marked ``source: "range"``: an operator's explicit choice of time, taken as it is
+  by the timeline agent, while a live tick far ahead of the broker's clock is refused there.
 - Live producers elect one leader through a Kafka consumer group (``Lease``); the others
   stand by and take over, gaplessly, when it dies. All producers also share one
   transactional id, so a zombie leader is fenced. Duplicate or older ticks are harmless
@@ -25,10 +27,11 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from schemas import Tick
 from streams import codec
-from streams.errors import Fenced
+from streams.errors import Fenced, InvalidEvent
 from streams.kafka import client as kafka
-from streams.kafka.client import Output, TopicPartition
+from streams.kafka.client import Output, Record, TopicPartition
 from streams.processes import lifecycle
 from streams.settings import Settings
 from streams.telemetry import metrics
@@ -44,7 +47,11 @@ def grid_floor(at: datetime, step_s: int) -> datetime:
 
 
 async def last_tick(settings: Settings) -> datetime | None:
-    """The latest committed tick in ``scheduler.ticks``, or None if it is empty."""
+    """The latest committed tick in ``scheduler.ticks``, or None if it is empty.
+
+    A record that is not a tick is skipped (logged), and so is a tick further ahead of its
+    record's broker timestamp than ``tick_max_ahead_s``: resuming after one wrong clock
+    reading would stall the live grid until real time caught up with it."""
     client = kafka.consumer(settings, group_id=None)
     await client.start()
     try:
@@ -56,13 +63,31 @@ async def last_tick(settings: Settings) -> datetime | None:
         while await client.position(tp) < end:
             batch = await client.getmany(tp, timeout_ms=1000)
             for msg in batch.get(tp, []):
-                tick = codec.decode_timeline(msg.value)
-                at = getattr(tick, "tick_at", None)
+                at = _resumable(settings, kafka.to_record(msg))
                 if at is not None and (latest is None or at > latest):
                     latest = at
         return latest
     finally:
         await client.stop()
+
+
+def _resumable(settings: Settings, record: Record) -> datetime | None:
+    try:
+        tick = codec.decode_timeline(record.value)
+    except InvalidEvent as exc:
+        log.warning("not a tick in the ticks topic: skipped", extra=fields(
+            offset=record.offset, reason=exc.reason))
+        return None
+    if not isinstance(tick, Tick):
+        return None
+    if record.timestamp_ms >= 0:
+        broker_at = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+        if tick.tick_at - broker_at > timedelta(seconds=settings.tick_max_ahead_s):
+            log.warning("tick far ahead of its broker time: not resumed from", extra=fields(
+                offset=record.offset, tick_at=tick.tick_at.isoformat(),
+                broker_at=broker_at.isoformat()))
+            return None
+    return tick.tick_at
 
 
 class TickPublisher:
@@ -73,6 +98,7 @@ class TickPublisher:
         self.settings = settings
         self.producer = kafka.producer(settings, settings.transactional_id(role))
         self.partitions = 0
+        self.source = "range" if role == "tick-range" else "live"
 
     async def start(self) -> None:
         self.partitions = await kafka.partition_count(self.settings, self.settings.topics.timeline)
@@ -93,7 +119,7 @@ class TickPublisher:
                 targets = [(topics.ticks, 0),
                            *((topics.timeline, p) for p in range(self.partitions))]
                 await kafka.send_all(self.producer, (
-                    Output(topic, None, codec.encode_tick(at), partition)
+                    Output(topic, None, codec.encode_tick(at, source=self.source), partition)
                     for at in ticks for topic, partition in targets
                 ))
         except KafkaError as exc:
@@ -202,8 +228,15 @@ async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease,
         nxt = oldest
     if last is not None and nxt <= now:
         log.info("tick catch-up", extra=fields(resume_from=nxt.isoformat()))
+    ahead = timedelta(seconds=settings.tick_max_ahead_s)
     while not stop.is_set() and await lease.poll():
         now = clock()
+        if nxt - now > ahead:
+            # The grid ran ahead on a clock reading that was wrong (the timeline refused
+            # those ticks): waiting for real time to catch up would stall every fire.
+            log.warning("clock is behind the published grid: resuming from now", extra=fields(
+                grid_at=nxt.isoformat(), now=now.isoformat()))
+            nxt = grid_floor(now, step_s) + step
         due: list[datetime] = []
         while nxt <= now and len(due) < BATCH:
             due.append(nxt)

@@ -10,6 +10,17 @@
 
 Both are thin handlers for ``engine.Processor``: decode → apply → encode. The flow of a
 record is plain functions in ``state``/``planning``; nothing here decides when things fire.
+
+Per-record isolation: an error one record's content causes while it is decoded, applied or
+planned never leaves a handler. The record goes to the dead letters with a reason, what it
+changed in the partition's state is put back, and the rest of the batch goes on; errors of
+the infrastructure (``engine.caused_by_record`` is False) still reach the engine.
+
+Time sanity: a live tick more than ``tick_max_ahead_s`` ahead of its record's broker
+timestamp (the timeline topic is LogAppendTime) is one wrong clock reading; applying it would
+move the watermark past fires that would then never go out. It is refused, dead-lettered,
+logged and counted (``cronorch_ticks_refused_total``, alerted on). Range ticks are taken as
+they are.
 """
 
 from __future__ import annotations
@@ -20,14 +31,21 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from aiokafka.partitioner import murmur2
 
-from schemas import TaskSpawn, Tick
+from schemas import TaskDeleted, TaskSpawn, TaskUpserted, Tick, UserSettings
 from streams import codec
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
-from streams.kafka.engine import Processor, decode_all
+from streams.kafka.engine import (
+    Processor,
+    caused_by_record,
+    dead_letter,
+    decode_all,
+    failure_reason,
+)
 from streams.processes import lifecycle
 from streams.settings import Settings
 from streams.telemetry import metrics
@@ -100,11 +118,38 @@ class TimelineAgent:
         effects = Effects()
         decoded, outputs = decode_all(self.settings, "timeline", records, codec.decode_timeline)
         effects.counts["dead_letters"] += len(outputs)
-        for _, item in decoded:
+        for record, item in decoded:
             if isinstance(item, Tick):
-                effects.merge(state.tick(item.tick_at))
+                refusal = self._refusal(record, item)
+                if refusal is not None:
+                    log.warning("live tick refused", extra=fields(
+                        partition=partition, offset=record.offset, reason=refusal))
+                    metrics.TICKS_REFUSED.inc()
+                    effects.counts["ticks_refused"] += 1
+                    self._reject(record, refusal, outputs, effects)
+                    continue
+                try:
+                    effects.merge(state.tick(item.tick_at))
+                except Exception as exc:
+                    if not caused_by_record(exc):
+                        raise
+                    # The class only: a message may quote the record (a title).
+                    log.error("tick failed", extra=fields(
+                        partition=partition, offset=record.offset,
+                        error_class=type(exc).__name__))
+                    self._reject(record, failure_reason(exc, "tick"), outputs, effects)
             else:
-                effects.merge(state.apply(item))
+                undo = _Undo(state, item)
+                try:
+                    effects.merge(state.apply(item))
+                except Exception as exc:
+                    if not caused_by_record(exc):
+                        raise
+                    undo.restore()
+                    log.warning("event failed", extra=fields(
+                        partition=partition, offset=record.offset,
+                        error_class=type(exc).__name__))
+                    self._reject(record, failure_reason(exc, "applying"), outputs, effects)
         topics = self.settings.topics
         for out in effects.outputs:
             topic = topics.task_commands if isinstance(out, TaskSpawn) else topics.notifications
@@ -126,6 +171,56 @@ class TimelineAgent:
             metrics.MISSED.labels("task.spawn").inc(effects.counts["missed_spawns"])
         self.counts.update(effects.counts)
         return outputs
+
+    def _refusal(self, record: Record, tick: Tick) -> str | None:
+        """Why a live tick is refused, or None: too far ahead of the broker's clock."""
+        if tick.source != "live" or record.timestamp_ms < 0:
+            return None
+        broker_at = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+        ahead_s = (tick.tick_at - broker_at).total_seconds()
+        if ahead_s <= self.settings.tick_max_ahead_s:
+            return None
+        return (f"tick_at: live tick is {ahead_s:.0f} s ahead of the broker time "
+                f"{broker_at.isoformat()} (limit {self.settings.tick_max_ahead_s} s); "
+                "refused: publish a range tick to move time on purpose")
+
+    def _reject(self, record: Record, reason: str, outputs: list[Output],
+                effects: Effects) -> None:
+        outputs.append(dead_letter(self.settings, record, reason))
+        metrics.DEAD_LETTERS.labels("timeline").inc()
+        effects.counts["dead_letters"] += 1
+
+
+class _Undo:
+    """What applying ``event`` may replace in ``state``, to put back if it fails."""
+
+    def __init__(self, state: PartitionState,
+                 event: TaskUpserted | TaskDeleted | UserSettings) -> None:
+        self.state = state
+        if isinstance(event, UserSettings):
+            self.user_id, self.key = event.user_id, None
+            self.user = state.users.get(event.user_id)
+            return
+        user_id = event.task.user_id if isinstance(event, TaskUpserted) else event.user_id
+        task_id = event.task.task_id if isinstance(event, TaskUpserted) else event.task_id
+        self.user_id, self.key = user_id, f"t|{user_id}|{task_id}"
+        self.task = state.tasks.get(self.key)
+        self.listed = self.key in state.user_tasks.get(user_id, ())
+
+    def restore(self) -> None:
+        state = self.state
+        if self.key is None:
+            if self.user is None:
+                state.users.pop(self.user_id, None)
+            else:
+                state.users[self.user_id] = self.user
+            return
+        if self.task is None:
+            state.tasks.pop(self.key, None)
+        else:
+            state.tasks[self.key] = self.task
+        if not self.listed:
+            state.user_tasks.get(self.user_id, set()).discard(self.key)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -21,6 +21,8 @@ PARTITIONS = Gauge("cronorch_partitions_assigned", "Partitions owned by this pro
 WATERMARK = Gauge("cronorch_watermark_timestamp_seconds", "Last processed tick per partition",
                   ["partition"])
 TICKS = Counter("cronorch_ticks_published_total", "Ticks published by the tick producer")
+TICKS_REFUSED = Counter("cronorch_ticks_refused_total",
+                        "Live ticks refused by the timeline agent: too far ahead of broker time")
 TICK_LAG = Gauge("cronorch_tick_lag_seconds", "Wall clock minus the last published tick")
 
 

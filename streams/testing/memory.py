@@ -16,6 +16,8 @@ from streams.kafka.client import Output, Record
 from streams.processes.worker import Rekeyer, TimelineAgent
 from streams.settings import Settings
 
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # the broker time of records that are not ticks
+
 
 class MemoryPipeline:
     def __init__(self, settings: Settings, partitions: int) -> None:
@@ -31,10 +33,9 @@ class MemoryPipeline:
             self.agent.assign(p, [])
 
     def _record(self, topic: str, partition: int, key: bytes | None,
-                value: bytes | None) -> Record:
+                value: bytes | None, at: datetime = _EPOCH) -> Record:
         self._offset += 1
-        return Record(topic, partition, self._offset, key, value,
-                      int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000))
+        return Record(topic, partition, self._offset, key, value, int(at.timestamp() * 1000))
 
     def publish(self, values: list[tuple[bytes | None, bytes]]) -> None:
         """Task events (key, value) on todo.task-events, re-keyed and then processed."""
@@ -48,10 +49,14 @@ class MemoryPipeline:
                 self.outputs.append(out)
         self.drain()
 
-    def tick(self, at: datetime) -> None:
-        value = codec.encode_tick(at)
+    def tick(self, at: datetime, *, broker_at: datetime | None = None,
+             source: str = "live") -> None:
+        """A tick on every partition; its record is stamped ``broker_at`` (default: ``at``,
+        as the broker would stamp a live tick published on time)."""
+        value = codec.encode_tick(at, source=source)
         for p in range(self.partitions):
-            self.logs[p].append(self._record(self.settings.topics.timeline, p, None, value))
+            self.logs[p].append(self._record(self.settings.topics.timeline, p, None, value,
+                                             broker_at or at))
         self.drain()
 
     def drain(self) -> None:

@@ -40,6 +40,7 @@ from streams.postgres.database import Database
 from streams.processes.relay import Relay, relay_loop
 from streams.processes.spawnsink import decode_spawn, event_id_of, spawned, task_id_of
 from streams.settings import Settings
+from tests.hostile import upsert
 from tests.support import ROOT, Proc, caught_up, env_for, eventually, read_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -437,3 +438,45 @@ def test_a_user_is_published_by_one_relay_at_a_time_and_only_after_the_ack(
             assert await db.outbox_unpublished() == 0
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("max_message_bytes", [1_000_000, 5_000_000],
+                         ids=["over-the-setting", "refused-by-kafka"])
+def test_an_outbox_row_too_large_for_kafka_never_blocks_other_users(
+        settings: Settings, database: str, max_message_bytes: int) -> None:
+    """Its row is dead-lettered (bounded) and marked published; the rows around it go out.
+    Caught before sending when over ``max_message_bytes``; when the setting is larger than
+    what Kafka takes, the refusal is found row by row instead of retried forever."""
+    settings = _with_db(settings, database).model_copy(
+        update={"max_message_bytes": max_message_bytes})
+    small = [("user-a", upsert("user-a", "a")), ("user-c", upsert("user-c", "c"))]
+    huge = upsert("user-b", "b")
+    huge["task"]["title"] = "h" * 1_200_000
+
+    async def scenario() -> int:
+        conn = await asyncpg.connect(database)
+        try:
+            for user, doc in (small[0], ("user-b", huge), small[1]):
+                await conn.execute("INSERT INTO outbox (user_id, event_type, payload) "
+                                   "VALUES ($1, 'task.upserted', $2::jsonb)", user,
+                                   orjson.dumps(doc).decode())
+        finally:
+            await conn.close()
+        db = await Database.connect(database)
+        producer = kafka.producer(settings, None)
+        await producer.start()
+        try:
+            relay = Relay(settings, db, producer, clock=lambda: datetime.now(UTC))
+            return await asyncio.wait_for(relay.drain(), 60)
+        finally:
+            await producer.stop()
+            await db.close()
+
+    assert asyncio.run(scenario()) == 3
+    events = asyncio.run(read_json(settings, settings.topics.task_events))
+    assert sorted(e["task"]["user_id"] for e in events) == ["user-a", "user-c"]
+    (letter,) = asyncio.run(read_json(settings, settings.topics.dead_letters))
+    assert letter["source_topic"] == "outbox"
+    assert ("max.message.bytes" if max_message_bytes == 1_000_000
+            else "refused by Kafka: MessageSizeTooLargeError") in letter["reason"]
+    assert letter["original_truncated"] and letter["original_size_bytes"] > 1_200_000

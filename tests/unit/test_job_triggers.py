@@ -118,7 +118,8 @@ def test_changelog_value_is_a_tick_record() -> None:
     harness.feed([T0, T0 + MINUTE])
     [entry] = harness.changelog
     assert entry.key == b"w"
-    assert orjson.loads(entry.value or b"") == {"type": "tick", "tick_at": "2027-03-12T00:01:00Z"}
+    assert orjson.loads(entry.value or b"") == {"type": "tick", "tick_at": "2027-03-12T00:01:00Z",
+                                                   "source": "live"}
 
 
 TICKS = st.lists(st.integers(1, 200), min_size=1, max_size=40).map(

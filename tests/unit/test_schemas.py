@@ -75,7 +75,7 @@ USER_SETTINGS: dict[str, Any] = {
     "digest_time": "09:00",
     "dst_policy": {"nonexistent": "gap_edge", "ambiguous": "both"},
 }
-TICK: dict[str, Any] = {"type": "tick", "tick_at": "2026-03-08T07:30:01Z"}
+TICK: dict[str, Any] = {"type": "tick", "tick_at": "2026-03-08T07:30:01Z", "source": "live"}
 REMINDER_DUE: dict[str, Any] = {
     "type": "reminder.due",
     "notification_id": "n-1",
@@ -125,6 +125,9 @@ DEAD_LETTER: dict[str, Any] = {
     "original_key_b64": None,
     "original_value_b64": "//4=",
     "failed_at": "2026-03-08T07:30:00Z",
+    "original_size_bytes": 2,
+    "original_sha256": "b3d510ef04275ca8e698e5b3cbb0ece3949ef9252f0cdc839e9ee347409a2209",
+    "original_truncated": False,
 }
 JOB_RUN: dict[str, Any] = {
     "type": "job.run",

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from schemas import DeadLetter, Occurrence, SpawnTemplate, TaskSpawn, dumps, loads
 from streams.errors import DatabaseError, DatabaseUnavailable
 from streams.kafka.client import Record
@@ -106,3 +108,29 @@ def test_spawn_ids_are_deterministic() -> None:
     a, b = spawned(decode_spawn(_spawn(1))), spawned(decode_spawn(_spawn(1)))
     assert a == b
     assert a.task_id != spawned(decode_spawn(_spawn(2))).task_id
+
+
+def test_a_spawn_that_cannot_be_mapped_or_is_too_large_is_dead_lettered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing in one command stops the sink: the batch is stored around it."""
+    from streams.processes import spawnsink
+
+    original = spawnsink.spawned
+
+    def mapping(spawn: TaskSpawn) -> SpawnedTask:
+        if spawn.spawn_id == "s-3":
+            raise ValueError("a template the Task model refuses")
+        return original(spawn)
+
+    monkeypatch.setattr(spawnsink, "spawned", mapping)
+    db, producer = FakeDb(), FakeProducer()
+    long_title = TaskSpawn.model_validate_json(_spawn(4)).model_copy(
+        update={"template": SpawnTemplate(title="x" * 5_000, reminders=[])})
+    records = [_record(0, _spawn(1)), _record(1, _spawn(3)), _record(2, b" " * 70_000),
+               _record(3, dumps(long_title))]
+    assert asyncio.run(_sink(db, producer).store(records, asyncio.Event())) is True
+    assert len(db.stored) == 2  # a template stored before the v1.1 limits still maps
+    letters = [loads(DeadLetter, value or b"") for _, _, value in producer.sent]
+    assert sorted((d.source_offset, d.reason) for d in letters) == [
+        (1, "mapping failed: ValueError"),
+        (2, "record of 70000 bytes is over the limit of 65536 bytes")]

@@ -141,6 +141,10 @@ are not printed in float notation.
   value: {{ int64 $c.spawn_catchup_s | quote }}
 - name: STATE_RETENTION_S
   value: {{ int64 $c.state_retention_s | quote }}
+- name: MAX_MESSAGE_BYTES
+  value: {{ int64 $c.max_message_bytes | quote }}
+- name: TICK_MAX_AHEAD_S
+  value: {{ int64 $c.tick_max_ahead_s | quote }}
 - name: METRICS_PORT
   value: {{ int64 $c.metrics_port | quote }}
 - name: LOG_LEVEL
