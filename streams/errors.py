@@ -8,6 +8,7 @@
     ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
     ├── DatabaseError              PostgreSQL rejected a statement (constraint, syntax, rights)
     ├── Fenced                     another instance owns the partition now (zombie fencing)
+    ├── ComponentStopped           a long-running part of a process ended on its own: exit
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -86,3 +87,12 @@ class DatabaseUnavailable(TransientError):
 
 class Fenced(SchedulerError):
     """Another instance took over a partition (its producer fenced ours): give it up."""
+
+
+class ComponentStopped(SchedulerError):
+    """A part of a process that must run until asked to stop (a processor, a consumer loop)
+    ended on its own; the process exits non-zero so that its supervisor restarts it."""
+
+    def __init__(self, component: str, how: str) -> None:
+        super().__init__(f"{component} {how}")
+        self.component = component

@@ -169,24 +169,39 @@ def translate(exc: BaseException) -> Exception:
 
 
 async def read_partition(settings: Settings, topic: str, partition: int,
-                         on_record: Callable[[Record], None]) -> int:
-    """Read one partition from its start up to its last stable offset; return the count."""
+                         on_record: Callable[[Record], None], *,
+                         stall_timeout_s: float | None = None) -> int:
+    """Read one partition from its start up to its last stable offset; return the count.
+
+    With ``stall_timeout_s``, raise ``BrokerUnavailable`` when no record arrives for that
+    long (the broker went away mid-read) instead of waiting for it forever.
+    """
     client = consumer(settings, group_id=None)
-    await client.start()
     try:
+        await client.start()
         tp = TopicPartition(topic, partition)
         client.assign([tp])
         await client.seek_to_beginning(tp)
         end = (await client.end_offsets([tp]))[tp]
         count = 0
+        last_at = time.monotonic()
         while await client.position(tp) < end:
             batch = await client.getmany(tp, timeout_ms=500, max_records=5000)
-            for msg in batch.get(tp, []):
+            msgs = batch.get(tp, [])
+            for msg in msgs:
                 on_record(to_record(msg))
-                count += 1
+            count += len(msgs)
+            if msgs:
+                last_at = time.monotonic()
+            elif stall_timeout_s is not None and time.monotonic() - last_at > stall_timeout_s:
+                raise BrokerUnavailable(f"reading {topic}[{partition}]: no record for "
+                                        f"{stall_timeout_s:.0f} s after {count} records")
         return count
+    except KafkaError as exc:
+        raise translate(exc) from exc
     finally:
-        await client.stop()
+        with suppress(KafkaError):
+            await client.stop()
 
 
 async def read_all(settings: Settings, topics: Iterable[str],
