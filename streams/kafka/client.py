@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,6 +27,7 @@ from streams.errors import BrokerUnavailable, Fenced
 from streams.settings import Settings
 
 __all__ = ["TopicPartition"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,19 +174,23 @@ async def read_partition(settings: Settings, topic: str, partition: int,
                          stall_timeout_s: float | None = None) -> int:
     """Read one partition from its start up to its last stable offset; return the count.
 
-    With ``stall_timeout_s``, raise ``BrokerUnavailable`` when no record arrives for that
-    long (the broker went away mid-read) instead of waiting for it forever.
+    With ``stall_timeout_s``, raise ``BrokerUnavailable`` when a request or the next record
+    takes longer than that (the broker went away mid-read): aiokafka would wait for it
+    forever.
     """
+    def bounded(step: Awaitable[T]) -> Awaitable[T]:
+        return step if stall_timeout_s is None else asyncio.wait_for(step, stall_timeout_s)
+
     client = consumer(settings, group_id=None)
+    tp = TopicPartition(topic, partition)
+    count = 0
     try:
-        await client.start()
-        tp = TopicPartition(topic, partition)
+        await bounded(client.start())
         client.assign([tp])
-        await client.seek_to_beginning(tp)
-        end = (await client.end_offsets([tp]))[tp]
-        count = 0
+        await bounded(client.seek_to_beginning(tp))
+        end = (await bounded(client.end_offsets([tp])))[tp]
         last_at = time.monotonic()
-        while await client.position(tp) < end:
+        while await bounded(client.position(tp)) < end:
             batch = await client.getmany(tp, timeout_ms=500, max_records=5000)
             msgs = batch.get(tp, [])
             for msg in msgs:
@@ -194,14 +199,14 @@ async def read_partition(settings: Settings, topic: str, partition: int,
             if msgs:
                 last_at = time.monotonic()
             elif stall_timeout_s is not None and time.monotonic() - last_at > stall_timeout_s:
-                raise BrokerUnavailable(f"reading {topic}[{partition}]: no record for "
-                                        f"{stall_timeout_s:.0f} s after {count} records")
+                raise TimeoutError
         return count
-    except KafkaError as exc:
-        raise translate(exc) from exc
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"reading {topic}[{partition}] stopped after {count} records: "
+                                f"{type(exc).__name__} {exc}") from exc
     finally:
-        with suppress(KafkaError):
-            await client.stop()
+        with suppress(Exception):
+            await asyncio.wait_for(client.stop(), 5)
 
 
 async def read_all(settings: Settings, topics: Iterable[str],
