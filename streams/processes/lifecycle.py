@@ -36,7 +36,7 @@ async def start(settings: Settings, stop: asyncio.Event | None = None, *,
     logs.configure(settings.log_level)
     metrics.declare_series()
     health.serve(settings.metrics_port)
-    if _beat is None or _beat.done():
+    if _beat is None or _beat.done() or _beat.get_loop() is not asyncio.get_running_loop():
         _beat = asyncio.create_task(health.HEALTH.beating(), name="health-beat")
     await kafka.wait_ready(settings)
     if ensure_topics:

@@ -5,8 +5,8 @@ The worker starts on a changelog big enough that its first restore takes seconds
   process again within 60 s of the broker's return or exit non-zero — never stay up idle
   (it used to: a cancellation inside aiokafka's rebalance listener ended the timeline
   consumer's group coordinator);
-- SIGTERM during the restore, and during the reset loop that follows a broker loss, ends
-  it within 30 s.
+- SIGTERM during the restore, during the reset loop that follows a broker loss, and while
+  it works through a backlog (batches in flight), ends it within 30 s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from streams.kafka import client as kafka
 from streams.processes import tickproducer
 from streams.settings import Settings
 from streams.testing import changelog
-from tests.support import Proc, eventually, read_json
+from tests.support import Proc, committed_total, eventually, lags, publish, read_json
 
 pytestmark = pytest.mark.kafka
 
@@ -146,4 +146,26 @@ def test_sigterm_during_restore_and_reset_loop(settings: Settings, stack: devsta
         print(f"\nSIGTERM in the reset loop, broker away: exited in {took_s:.1f} s")
     finally:
         devstack.start_kafka(stack)
+        worker.kill(signal.SIGKILL)
+
+
+def test_sigterm_during_batches(settings: Settings, tmp_path: Path) -> None:
+    events = [changelog.upserted(p, i).model_dump(mode="json")
+              for p in range(4) for i in range(5_000)]
+    asyncio.run(publish(settings, events))
+    log = tmp_path / "worker.log"
+    worker = Proc(settings, "worker", log=log).start()
+    try:
+        async def working() -> bool:
+            done = await committed_total(settings, "timeline", settings.topics.timeline)
+            left = sum(await lags(settings, "rekeyer", settings.topics.task_events))
+            return done > 0 and left > 0
+
+        asyncio.run(eventually(working, 120, "the worker amid its backlog"))
+        worker.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        code, took_s = _wait_exit(worker, STOP_S + 5)
+        assert code == 0 and took_s < STOP_S, (code, took_s, log.read_text()[-3000:])
+        assert _count(log, "component did not stop in time", role=None) == 0
+        print(f"\nSIGTERM amid batches: exited in {took_s:.1f} s")
+    finally:
         worker.kill(signal.SIGKILL)

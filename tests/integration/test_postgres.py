@@ -269,8 +269,8 @@ def test_unexpected_error_in_a_run_is_recorded_failed(database: str,
         raise KeyError("not-a-param")
 
     monkeypatch.setattr(jobrunner.jobs, "run_kind", broken)
-    job = _job("noop", params={"sleep_s": 0}, retries={"max_attempts": 2, "base_delay_s": 0,
-                                                        "max_delay_s": 0})
+    job = _job("noop", params={"sleep_s": 0}, retries={"max_attempts": 2, "base_delay_s": 0.001,
+                                                        "max_delay_s": 0.001})
     reg = registry.Registry((job,))
     emitted: list[JobRun] = []
 
