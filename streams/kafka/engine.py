@@ -135,7 +135,7 @@ class Processor:
         self.consumer = kafka.consumer(
             settings, group_id=self.group_id, max_poll_records=2000,
             session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=min(1_000, settings.session_timeout_ms // 3),
+            heartbeat_interval_ms=1_000,
             rebalance_timeout_ms=30_000)
         self.producers: dict[int, Any] = {}
         self.restores: dict[int, asyncio.Task[None]] = {}
@@ -198,6 +198,9 @@ class Processor:
 
     def _begin_restore(self, p: int, reason: BaseException | None) -> None:
         self.consumer.pause(TopicPartition(self.source_topic, p))
+        previous = self.restores.get(p)
+        if previous is not None:  # a revoke that failed inside aiokafka left it behind
+            previous.cancel()
         task = asyncio.create_task(self._restore(p, reason), name=f"{self.name} restore {p}")
         self.restores[p] = task
         task.add_done_callback(self._restore_ended)
