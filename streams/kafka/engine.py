@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import threading
@@ -46,7 +47,7 @@ from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from streams import codec
-from streams.errors import BrokerUnavailable, Fenced, InvalidEvent
+from streams.errors import BrokerUnavailable, ComponentStopped, Fenced, InvalidEvent
 from streams.jobs.decisions import backoff_cap_s
 from streams.jobs.registry import Retries
 from streams.kafka import client as kafka
@@ -141,6 +142,10 @@ class Processor:
         self.restores: dict[int, asyncio.Task[None]] = {}
         self.next_offset: dict[int, int] = {}
         self.lock = asyncio.Lock()
+        # One state rebuild at a time: several CPU-bound threads at once take the GIL from
+        # the event loop in turns (each hand-over waits out the switch interval), which
+        # slowed the loop to a crawl — signals, heartbeats and all — for no gain in speed.
+        self.rebuilding = asyncio.Semaphore(1)
         self.batches = 0
         self.failures: Counter[int] = Counter()  # consecutive failed batches per partition
         self.rng = random.Random()
@@ -203,12 +208,16 @@ class Processor:
             previous.cancel()
         task = asyncio.create_task(self._restore(p, reason), name=f"{self.name} restore {p}")
         self.restores[p] = task
-        task.add_done_callback(self._restore_ended)
+        task.add_done_callback(functools.partial(self._restore_ended, p))
 
-    def _restore_ended(self, task: asyncio.Task[None]) -> None:
+    def _restore_ended(self, p: int, task: asyncio.Task[None]) -> None:
         if task.cancelled():
-            return
-        exc = task.exception()
+            if self.restores.get(p) is not task:
+                return  # revoked, replaced or stopping: whoever cancelled it took it out
+            exc: BaseException | None = ComponentStopped(
+                f"{self.name} restore of partition {p}", "was cancelled from inside")
+        else:
+            exc = task.exception()
         if exc is not None and self.crashed is None:
             self.crashed = exc  # the loop raises it: the process ends and is restarted
 
@@ -238,6 +247,16 @@ class Processor:
             except (TimeoutError, KafkaError, BrokerUnavailable) as exc:
                 await self._discard(p, producer)
                 reason = exc
+                continue
+            except asyncio.CancelledError as exc:
+                await self._discard(p, producer)
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # a revoke or a stop
+                # aiokafka lets a CancelledError of its own tasks escape into the caller's
+                # (how the first restore used to die inside the rebalance listener): a
+                # failure like any other here, not a reason to give p up silently.
+                reason = BrokerUnavailable(f"cancelled inside the Kafka client: {exc!r}")
                 continue
             except BaseException:
                 await self._discard(p, producer)
@@ -276,6 +295,11 @@ class Processor:
                                        entries.append, stall_timeout_s=REQUEST_TIMEOUT_S)
         # Rebuilding a large state takes seconds of CPU: off the event loop, so heartbeats,
         # the other partitions and the health endpoint go on meanwhile.
+        async with self.rebuilding:
+            await self._rebuild(p, entries)
+        return len(entries)
+
+    async def _rebuild(self, p: int, entries: list[Record]) -> None:
         work = asyncio.ensure_future(_in_thread(self.handler.assign, p, entries))
         try:
             await asyncio.shield(work)
@@ -286,7 +310,6 @@ class Processor:
                 with contextlib.suppress(BaseException):
                     await work
             raise
-        return len(entries)
 
     async def _discard(self, p: int, producer: Any) -> None:
         self.handler.revoke(p)

@@ -263,3 +263,33 @@ def test_cancelled_batch_aborts_its_transaction(monkeypatch: pytest.MonkeyPatch)
 
     asyncio.run(scenario())
     assert broker.aborts == 1 and broker.committed == []
+
+
+def test_a_cancellation_escaping_the_client_is_retried_not_fatal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka can let the CancelledError of one of its own tasks escape into ours: for a
+    restore that is a failure to retry, not a revoke (which would leave p unprocessed)."""
+    broker = Broker(0, 0)
+    escapes = [1]
+
+    class LeakyProducer(FakeProducer):
+        async def start(self) -> None:
+            if escapes:
+                escapes.pop()
+                raise asyncio.CancelledError
+
+    async def no_sleep(delay_s: float) -> None:
+        pass
+
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: LeakyProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    monkeypatch.setattr(engine.asyncio, "sleep", no_sleep)
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Echo())
+        processor.assigned([0])
+        await processor.restores[0]
+        assert 0 in processor.producers and processor.crashed is None
+        assert processor.failures[0] == 1
+
+    asyncio.run(scenario())
