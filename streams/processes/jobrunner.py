@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
@@ -503,7 +503,15 @@ async def _consume_triggers(settings: Settings, runner: Runner, stop: asyncio.Ev
                 for msg in msgs:
                     if not await _handle_record(runner, msg.value, msg.offset, stop, rng):
                         return  # stopping before the trigger was handled: not committed
-                    await consumer.commit({tp: msg.offset + 1})
+                    try:
+                        await consumer.commit({tp: msg.offset + 1})
+                    except (IllegalStateError, CommitFailedError):
+                        # Another runner joined and took the partition while this trigger
+                        # was handled: it re-reads from the last commit, and a slot claimed
+                        # here is "claimed before" there. Not a reason to end the process.
+                        log.info("trigger partition moved to another runner",
+                                 extra=fields(offset=msg.offset))
+                        break
     finally:
         with contextlib.suppress(KafkaError):
             await consumer.stop()
