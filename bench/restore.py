@@ -170,7 +170,8 @@ def main() -> None:
     churn = "no churn" if result["assignments"] == 1 and result["revokes"] == 0 else "CHURN"
     print(f"broker: {args.partitions} x {args.tasks:,} tasks written in {result['seed_s']} s; "
           f"restored {result['restores']} partitions in {result['restore_s_min']:.1f}-"
-          f"{result['restore_s_max']:.1f} s each (concurrently); timeline group: "
+          f"{result['restore_s_max']:.1f} s each (reads concurrent, rebuilds one at a time); "
+          "timeline group: "
           f"{result['assignments']} assignment(s), {result['revokes']} revoke(s): {churn}; "
           f"worker RSS {result['worker_rss_mb']} MiB = "
           f"{result['worker_rss_per_task_bytes']:,} bytes per pending task, all included")
