@@ -150,17 +150,20 @@ class Processor:
         self.failures: Counter[int] = Counter()  # consecutive failed batches per partition
         self.rng = random.Random()
         self.crashed: BaseException | None = None  # a restore that failed unexpectedly
-        self.running = False
+        self.ended = False
         self.stopping = False
         self.joined = False
         self.progress_at = time.monotonic()
+        # Registered from the start: until its partitions are assigned and restored the
+        # process is not ready, even before ``run`` has reached the broker.
+        health.HEALTH.register(self)
 
     # --- health (called from the HTTP thread: plain reads only) --------------------------
 
     def alive(self) -> str | None:
         if self.crashed is not None:
             return f"restore failed: {type(self.crashed).__name__}"
-        return None if self.running else "not running"
+        return "stopped" if self.ended else None
 
     def ready(self) -> str | None:
         if not self.joined:
@@ -343,8 +346,6 @@ class Processor:
             await self.consumer.start()
         except KafkaError as exc:
             raise kafka.translate(exc) from exc
-        self.running = True
-        health.HEALTH.register(self)
         try:
             while not stop.is_set():
                 if self.crashed is not None:
@@ -361,9 +362,9 @@ class Processor:
                             break
                         await self._process(tp, msgs)
         finally:
-            self.running = False
             self.stopping = True
             await self._shutdown()
+            self.ended = True
 
     async def _shutdown(self) -> None:
         restores = list(self.restores.values())
@@ -376,7 +377,6 @@ class Processor:
             # session timeout; with the broker away it cannot, and is not waited for long.
             await asyncio.wait_for(self.consumer.stop(), CLOSE_TIMEOUT_S)
         await asyncio.gather(*(self._close(p) for p in list(self.producers)))
-        health.HEALTH.unregister(self)
 
     async def _process(self, tp: TopicPartition, msgs: list[Any]) -> None:
         p = tp.partition

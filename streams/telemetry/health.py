@@ -47,10 +47,6 @@ class Health:
     def register(self, component: Component) -> None:
         self.components[component.name] = component
 
-    def unregister(self, component: Component) -> None:
-        if self.components.get(component.name) is component:
-            del self.components[component.name]
-
     def problems(self, *, readiness: bool, now: float | None = None) -> list[str]:
         """Why the process is not alive (or, with ``readiness``, not ready); empty if it is."""
         now = time.monotonic() if now is None else now

@@ -228,9 +228,10 @@ def test_a_restore_that_fails_for_good_ends_run(monkeypatch: pytest.MonkeyPatch)
 
     async def scenario() -> None:
         processor = engine.Processor(Settings(), "test", "source", Broken())
+        assert processor.alive() is None
+        assert processor.ready() == "no partitions assigned yet"
         run = asyncio.create_task(processor.run(asyncio.Event()))
         await asyncio.sleep(0)
-        assert processor.alive() is None
         processor.assigned([0])
         with pytest.raises(ValueError, match="corrupt state"):
             await asyncio.wait_for(run, 5)

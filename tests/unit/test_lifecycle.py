@@ -107,6 +107,8 @@ def test_health_endpoints() -> None:
     assert server is not None
     port = server.server_address[1]
     component = Component()
+    others = dict(health.HEALTH.components)  # processors other tests created
+    health.HEALTH.components.clear()
     health.HEALTH.register(component)
     health.HEALTH.started = True
     try:
@@ -124,5 +126,6 @@ def test_health_endpoints() -> None:
         status, body = _get(port, "/healthz")
         assert status == 503 and body.startswith("event loop unresponsive")
     finally:
-        health.HEALTH.unregister(component)
+        health.HEALTH.components.clear()
+        health.HEALTH.components.update(others)
         health.HEALTH.beat = time.monotonic()
