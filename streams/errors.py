@@ -11,6 +11,7 @@
     ├── Rejected                   Kafka refused for good: retrying cannot help
     │   ├── RecordRejected         one record (too large, invalid): dead-letter it, go on
     │   └── NotAuthorized          the credentials lack a right: stop with a clear error
+    ├── ComponentStopped           a long-running part of a process ended on its own: exit
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -101,3 +102,12 @@ class RecordRejected(Rejected):
 
 class NotAuthorized(Rejected):
     """The principal lacks a right (topic, group, transactional id, cluster)."""
+
+
+class ComponentStopped(SchedulerError):
+    """A part of a process that must run until asked to stop (a processor, a consumer loop)
+    ended on its own; the process exits non-zero so that its supervisor restarts it."""
+
+    def __init__(self, component: str, how: str) -> None:
+        super().__init__(f"{component} {how}")
+        self.component = component

@@ -59,6 +59,7 @@ class Settings(BaseModel):
     tick_catchup_max_s: int = Field(6 * 3600, ge=0)
     commit_interval_ms: int = Field(100, ge=0, le=60_000)
     transaction_timeout_ms: int = Field(60_000, ge=1_000)
+    session_timeout_ms: int = Field(6_000, ge=6_000, le=1_800_000)
     reminder_catchup_s: int = Field(15 * 60, ge=0)
     digest_catchup_s: int = Field(3 * 3600, ge=0)
     spawn_catchup_s: int = Field(7 * 24 * 3600, ge=0)
@@ -146,6 +147,7 @@ ENV: dict[str, str] = {
     "tick_catchup_max_s": "TICK_CATCHUP_MAX_S",
     "commit_interval_ms": "COMMIT_INTERVAL_MS",
     "transaction_timeout_ms": "TRANSACTION_TIMEOUT_MS",
+    "session_timeout_ms": "SESSION_TIMEOUT_MS",
     "reminder_catchup_s": "REMINDER_CATCHUP_S",
     "digest_catchup_s": "DIGEST_CATCHUP_S",
     "spawn_catchup_s": "SPAWN_CATCHUP_S",

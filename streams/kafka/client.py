@@ -11,10 +11,10 @@ import asyncio
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -45,6 +45,7 @@ from streams.errors import BrokerUnavailable, ConfigError, Fenced, NotAuthorized
 from streams.settings import Settings
 
 __all__ = ["TopicPartition"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,24 +280,43 @@ def translate(exc: BaseException) -> Exception:
 
 
 async def read_partition(settings: Settings, topic: str, partition: int,
-                         on_record: Callable[[Record], None]) -> int:
-    """Read one partition from its start up to its last stable offset; return the count."""
+                         on_record: Callable[[Record], None], *,
+                         stall_timeout_s: float | None = None) -> int:
+    """Read one partition from its start up to its last stable offset; return the count.
+
+    With ``stall_timeout_s``, raise ``BrokerUnavailable`` when a request or the next record
+    takes longer than that (the broker went away mid-read): aiokafka would wait for it
+    forever.
+    """
+    def bounded(step: Awaitable[T]) -> Awaitable[T]:
+        return step if stall_timeout_s is None else asyncio.wait_for(step, stall_timeout_s)
+
     client = consumer(settings, group_id=None)
-    await client.start()
+    tp = TopicPartition(topic, partition)
+    count = 0
     try:
-        tp = TopicPartition(topic, partition)
+        await bounded(client.start())
         client.assign([tp])
-        await client.seek_to_beginning(tp)
-        end = (await client.end_offsets([tp]))[tp]
-        count = 0
-        while await client.position(tp) < end:
+        await bounded(client.seek_to_beginning(tp))
+        end = (await bounded(client.end_offsets([tp])))[tp]
+        last_at = time.monotonic()
+        while await bounded(client.position(tp)) < end:
             batch = await client.getmany(tp, timeout_ms=500, max_records=5000)
-            for msg in batch.get(tp, []):
+            msgs = batch.get(tp, [])
+            for msg in msgs:
                 on_record(to_record(msg))
-                count += 1
+            count += len(msgs)
+            if msgs:
+                last_at = time.monotonic()
+            elif stall_timeout_s is not None and time.monotonic() - last_at > stall_timeout_s:
+                raise TimeoutError
         return count
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"reading {topic}[{partition}] stopped after {count} records: "
+                                f"{type(exc).__name__} {exc}") from exc
     finally:
-        await client.stop()
+        with suppress(Exception):
+            await asyncio.wait_for(client.stop(), 5)
 
 
 async def read_all(settings: Settings, topics: Iterable[str],

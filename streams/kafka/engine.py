@@ -23,14 +23,24 @@ Fencing: starting p's producer (InitProducerId) aborts whatever a previous owner
 or a zombie — left open on p and fences it, before p's state is restored from the
 changelog and its committed offset is read. Any failure inside a transaction resets p:
 abort, drop the in-memory state, restore it again and seek back to the committed offset.
+
+Restores run outside aiokafka's rebalance listener, in a task per partition, with the
+partition paused: the listener only records the assignment. Inside the listener no
+heartbeat is sent (aiokafka starts its heartbeat task after the callback returns), so a
+long restore would cost the member its session, and a cancellation raised there ends the
+group coordinator for good (docs/exactly-once.md, "Restores and the group"). A restore
+that fails other than transiently, or a consumer that fails, ends ``run`` with the error:
+the process exits non-zero and is restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -42,18 +52,28 @@ from aiokafka.errors import KafkaError
 
 from schemas.limits import DEAD_LETTER_KEY_BYTES
 from streams import codec
-from streams.errors import BrokerUnavailable, Fenced, InvalidEvent, Rejected, TransientError
+from streams.errors import (
+    BrokerUnavailable,
+    ComponentStopped,
+    Fenced,
+    InvalidEvent,
+    Rejected,
+    TransientError,
+)
 from streams.jobs.decisions import backoff_cap_s
 from streams.jobs.registry import Retries
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record, TopicPartition
 from streams.settings import Settings
-from streams.telemetry import metrics
+from streams.telemetry import health, metrics
 from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.engine")
 T = TypeVar("T")
 RESET_BACKOFF = Retries(max_attempts=1_000_000, base_delay_s=0.5, max_delay_s=10.0)
+REQUEST_TIMEOUT_S = 30.0  # a broker request that takes longer resets the partition
+CLOSE_TIMEOUT_S = 5.0  # stopping a client, aborting a transaction: best effort, bounded
+PROGRESS_BOUND_S = 60.0  # not ready when there is lag and no batch committed for this long
 
 
 class PartitionHandler(Protocol):
@@ -143,6 +163,9 @@ def fit(settings: Settings, role: str, partition: int, last: Record,
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Records the assignment and nothing more: aiokafka calls it inside the group join,
+    where no heartbeat is sent and a cancellation ends the group coordinator for good."""
+
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
@@ -150,100 +173,234 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.processor.release([tp.partition for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.processor.acquire([tp.partition for tp in assigned])
+        self.processor.assigned([tp.partition for tp in assigned])
 
 
 class Processor:
+    """One role's consumer and its per-partition producers (see the module docstring).
+
+    A partition is *restoring* from its assignment (or a reset) until its producer has
+    started, its state is restored and the consumer is positioned at its committed offset;
+    meanwhile it is paused and the loop keeps polling, so the group's heartbeats go on and
+    the other partitions are processed. Only then does it join ``producers``.
+    """
+
     def __init__(self, settings: Settings, role: str, source_topic: str,
                  handler: PartitionHandler) -> None:
         self.settings = settings
         self.role = role
+        self.name = f"processor {role}"
         self.source_topic = source_topic
         self.handler = handler
         self.group_id = settings.group_id(role)
-        self.consumer = kafka.consumer(settings, group_id=self.group_id, max_poll_records=2000,
-                                       session_timeout_ms=6_000, heartbeat_interval_ms=1_000,
-                                       rebalance_timeout_ms=30_000)
+        self.consumer = kafka.consumer(
+            settings, group_id=self.group_id, max_poll_records=2000,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=1_000,
+            rebalance_timeout_ms=30_000)
         self.producers: dict[int, Any] = {}
+        self.restores: dict[int, asyncio.Task[None]] = {}
         self.next_offset: dict[int, int] = {}
         self.lock = asyncio.Lock()
+        # One state rebuild at a time: several CPU-bound threads at once take the GIL from
+        # the event loop in turns (each hand-over waits out the switch interval), which
+        # slowed the loop to a crawl — signals, heartbeats and all — for no gain in speed.
+        self.rebuilding = asyncio.Semaphore(1)
         self.batches = 0
         self.failures: Counter[int] = Counter()  # consecutive failed batches per partition
         self.rng = random.Random()
+        self.crashed: BaseException | None = None  # a restore that failed unexpectedly
+        self.ended = False
+        self.stopping = False
+        self.joined = False
+        self.progress_at = time.monotonic()
+        # Registered from the start: until its partitions are assigned and restored the
+        # process is not ready, even before ``run`` has reached the broker.
+        health.HEALTH.register(self)
+
+    # --- health (called from the HTTP thread: plain reads only) --------------------------
+
+    def alive(self) -> str | None:
+        if self.crashed is not None:
+            return f"restore failed: {type(self.crashed).__name__}"
+        return "stopped" if self.ended else None
+
+    def ready(self) -> str | None:
+        if not self.joined:
+            return "no partitions assigned yet"
+        restoring = sorted(self.restores)
+        if restoring:
+            return f"restoring partitions {restoring}"
+        stalled_s = time.monotonic() - self.progress_at
+        if stalled_s > PROGRESS_BOUND_S and self._lagging():
+            return f"lag and no progress for {stalled_s:.0f} s"
+        return None
+
+    def _lagging(self) -> bool:
+        for p, next_offset in list(self.next_offset.items()):
+            end = self.consumer.last_stable_offset(TopicPartition(self.source_topic, p))
+            # A transaction's commit marker takes an offset no record has: one is not lag.
+            if end is not None and end - next_offset > 1:
+                return True
+        return False
 
     # --- ownership ---------------------------------------------------------------------
 
-    async def acquire(self, partitions: list[int]) -> None:
-        async with self.lock:
-            for p in sorted(partitions):
-                await self._open(p)
-            metrics.PARTITIONS.labels(self.role).set(len(self.producers))
-            log.info("partitions assigned", extra=fields(role=self.role, partitions=partitions))
+    def assigned(self, partitions: list[int]) -> None:
+        """The group gave us ``partitions``: pause each and restore it in the background."""
+        self.joined = True
+        log.info("partitions assigned", extra=fields(role=self.role, partitions=partitions))
+        for p in sorted(partitions):
+            self._begin_restore(p, None)
 
     async def release(self, partitions: list[int]) -> None:
-        async with self.lock:
+        restores = [t for p in partitions if (t := self.restores.pop(p, None)) is not None]
+        for task in restores:
+            task.cancel()
+        await asyncio.gather(*restores, return_exceptions=True)
+        async with self.lock:  # waits for the batch in flight
             for p in partitions:
                 await self._close(p)
             metrics.PARTITIONS.labels(self.role).set(len(self.producers))
-            log.info("partitions revoked", extra=fields(role=self.role, partitions=partitions))
+        log.info("partitions revoked", extra=fields(role=self.role, partitions=partitions))
 
-    async def _open(self, p: int) -> None:
+    def _begin_restore(self, p: int, reason: BaseException | None) -> None:
+        self.consumer.pause(TopicPartition(self.source_topic, p))
+        previous = self.restores.get(p)
+        if previous is not None:  # a revoke that failed inside aiokafka left it behind
+            previous.cancel()
+        task = asyncio.create_task(self._restore(p, reason), name=f"{self.name} restore {p}")
+        self.restores[p] = task
+        task.add_done_callback(functools.partial(self._restore_ended, p))
+
+    def _restore_ended(self, p: int, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            if self.restores.get(p) is not task:
+                return  # revoked, replaced or stopping: whoever cancelled it took it out
+            exc: BaseException | None = ComponentStopped(
+                f"{self.name} restore of partition {p}", "was cancelled from inside")
+        else:
+            exc = task.exception()
+        if exc is not None and self.crashed is None:
+            self.crashed = exc  # the loop raises it: the process ends and is restarted
+
+    async def _restore(self, p: int, reason: BaseException | None) -> None:
+        """Open p (fence, restore, seek to the committed offset), retrying with backoff
+        while the broker refuses; then resume fetching it."""
+        tp = TopicPartition(self.source_topic, p)
+        started = time.monotonic()
+        while True:
+            if reason is not None:
+                self.failures[p] += 1
+                delay_s = self.rng.uniform(0, backoff_cap_s(RESET_BACKOFF, self.failures[p]))
+                log.warning("partition reset", exc_info=reason, extra=fields(
+                    role=self.role, partition=p, attempt=self.failures[p],
+                    backoff_s=round(delay_s, 3)))
+                await asyncio.sleep(delay_s)
+            producer: Any = None
+            try:
+                producer = await self._start_producer(p)
+                entries = await self._load(p, producer)
+                committed = await asyncio.wait_for(self.consumer.committed(tp),
+                                                   REQUEST_TIMEOUT_S)
+                if committed is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+            except (TimeoutError, KafkaError, BrokerUnavailable) as exc:
+                await self._discard(p, producer)
+                reason = exc
+                continue
+            except asyncio.CancelledError as exc:
+                await self._discard(p, producer)
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # a revoke or a stop
+                # aiokafka lets a CancelledError of its own tasks escape into the caller's
+                # (how the first restore used to die inside the rebalance listener): a
+                # failure like any other here, not a reason to give p up silently.
+                reason = BrokerUnavailable(f"cancelled inside the Kafka client: {exc!r}")
+                continue
+            except BaseException:
+                await self._discard(p, producer)
+                raise
+            break
+        # From here on nothing awaits: a revoke cannot land between these steps.
+        self.producers[p] = producer
+        self.next_offset[p] = committed or 0
+        if self.restores.get(p) is asyncio.current_task():
+            del self.restores[p]
+        self.consumer.resume(tp)
+        self.progress_at = time.monotonic()
+        metrics.PARTITIONS.labels(self.role).set(len(self.producers))
+        log.info("partition restored", extra=fields(
+            role=self.role, partition=p, changelog_records=entries,
+            duration_s=round(time.monotonic() - started, 3)))
+
+    async def _start_producer(self, p: int) -> Any:
         producer = kafka.producer(self.settings, self.settings.transactional_id(self.role, p))
         try:
-            await producer.start()  # InitProducerId: fences and aborts any previous owner of p
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
-        self.producers[p] = producer
+            # InitProducerId fences and aborts any previous owner of p. aiokafka retries it
+            # for as long as the broker is away: bounded here, so a reset backs off instead.
+            await asyncio.wait_for(producer.start(), REQUEST_TIMEOUT_S)
+        except BaseException as exc:
+            await _stop_quietly(producer)
+            if isinstance(exc, KafkaError):
+                raise kafka.translate(exc) from exc
+            raise
+        return producer
+
+    async def _load(self, p: int, producer: Any) -> int:
+        """Restore p's state from its changelog partition; return the records read."""
+        entries: list[Record] = []
         if self.handler.changelog_topic is not None:
-            entries: list[Record] = []
             await kafka.read_partition(self.settings, self.handler.changelog_topic, p,
-                                       entries.append)
-            self.handler.assign(p, entries)
-        else:
-            self.handler.assign(p, ())
-        self.next_offset.pop(p, None)
+                                       entries.append, stall_timeout_s=REQUEST_TIMEOUT_S)
+        # Rebuilding a large state takes seconds of CPU: off the event loop, so heartbeats,
+        # the other partitions and the health endpoint go on meanwhile.
+        async with self.rebuilding:
+            await self._rebuild(p, entries)
+        return len(entries)
+
+    async def _rebuild(self, p: int, entries: list[Record]) -> None:
+        work = asyncio.ensure_future(_in_thread(self.handler.assign, p, entries))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                # A revoke: let the thread finish so that its state cannot land after a
+                # newer owner's, then drop it (``_discard``).
+                with contextlib.suppress(BaseException):
+                    await work
+            raise
+
+    async def _discard(self, p: int, producer: Any) -> None:
+        self.handler.revoke(p)
+        if producer is not None:
+            await _stop_quietly(producer)
 
     async def _close(self, p: int) -> None:
         producer = self.producers.pop(p, None)
         self.handler.revoke(p)
         self.next_offset.pop(p, None)
         if producer is not None:
-            try:
-                await producer.stop()
-            except KafkaError:
-                log.warning("producer stop failed", extra=fields(role=self.role, partition=p))
+            await _stop_quietly(producer)
 
     async def _reset(self, p: int, reason: BaseException) -> None:
-        """Throw away p's uncommitted work and start p again from its committed offset,
-        retrying with backoff until the broker lets us."""
+        """Throw away p's uncommitted work and restore p again in the background, from its
+        committed offset, retrying with backoff until the broker lets us."""
         producer = self.producers.get(p)
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
+            await _abort_quietly(producer)
         await self._close(p)
-        while True:
-            self.failures[p] += 1
-            delay_s = self.rng.uniform(0, backoff_cap_s(RESET_BACKOFF, self.failures[p]))
-            log.warning("partition reset", exc_info=reason, extra=fields(
-                role=self.role, partition=p, attempt=self.failures[p],
-                backoff_s=round(delay_s, 3)))
-            await asyncio.sleep(delay_s)
-            try:
-                await self._open(p)
-                tp = TopicPartition(self.source_topic, p)
-                committed = await self.consumer.committed(tp)
-                if committed is None:
-                    await self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
-                return
-            except (TimeoutError, KafkaError, BrokerUnavailable) as exc:
-                await self._close(p)
-                reason = exc
+        metrics.PARTITIONS.labels(self.role).set(len(self.producers))
+        self._begin_restore(p, reason)
 
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Process until ``stop``; raises when the consumer or a restore fails for good.
+        Cancelling it aborts the batch in flight and closes everything, bounded in time."""
         self.consumer.subscribe([self.source_topic], listener=_Listener(self))
         try:
             await self.consumer.start()
@@ -251,24 +408,41 @@ class Processor:
             raise kafka.translate(exc) from exc
         try:
             while not stop.is_set():
+                if self.crashed is not None:
+                    raise self.crashed
                 batches = await self.consumer.getmany(
                     timeout_ms=max(self.settings.commit_interval_ms, 50), max_records=2000)
                 if not batches:
+                    if not self.restores:
+                        self.progress_at = time.monotonic()
                     continue
                 async with self.lock:
                     for tp, msgs in batches.items():
+                        if stop.is_set():
+                            break
                         await self._process(tp, msgs)
         finally:
-            await self.consumer.stop()
-            async with self.lock:
-                for p in list(self.producers):
-                    await self._close(p)
+            self.stopping = True
+            await self._shutdown()
+            self.ended = True
+
+    async def _shutdown(self) -> None:
+        restores = list(self.restores.values())
+        self.restores.clear()
+        for task in restores:
+            task.cancel()
+        await asyncio.gather(*restores, return_exceptions=True)
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            # Leaving the group hands our partitions over now instead of after the
+            # session timeout; with the broker away it cannot, and is not waited for long.
+            await asyncio.wait_for(self.consumer.stop(), CLOSE_TIMEOUT_S)
+        await asyncio.gather(*(self._close(p) for p in list(self.producers)))
 
     async def _process(self, tp: TopicPartition, msgs: list[Any]) -> None:
         p = tp.partition
         producer = self.producers.get(p)
         if producer is None:
-            return  # revoked while the batch was in flight
+            return  # restoring or revoked: the restore seeks back to the committed offset
         floor = self.next_offset.get(p, -1)
         records = [kafka.to_record(m) for m in msgs if m.offset >= floor]
         if not records:
@@ -295,9 +469,52 @@ class Processor:
                 raise failure from exc
             await self._reset(p, exc)
             return
+        except asyncio.CancelledError:
+            # A stop that did not wait for this batch: the transaction must not stay open
+            # until the broker's timeout (the next owner's fencing would abort it too).
+            metrics.TRANSACTIONS.labels(self.role, "aborted").inc()
+            await _abort_quietly(producer)
+            raise
         self.next_offset[p] = records[-1].offset + 1
         self.failures.pop(p, None)
         self.batches += 1
+        self.progress_at = time.monotonic()
         metrics.RECORDS.labels(self.role).inc(len(records))
         metrics.TRANSACTIONS.labels(self.role, "committed").inc()
         metrics.TRANSACTION_SECONDS.labels(self.role).observe(time.monotonic() - start)
+
+
+async def _stop_quietly(producer: Any) -> None:
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
+
+
+async def _abort_quietly(producer: Any) -> None:
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        await asyncio.wait_for(producer.abort_transaction(), CLOSE_TIMEOUT_S)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread: unlike ``asyncio.to_thread`` (the default executor,
+    joined at exit), a restore still running does not hold up the end of the process."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as caught:
+            result, exc = None, caught
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=work, name="restore", daemon=True).start()
+    return await future

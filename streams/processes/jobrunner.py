@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
@@ -245,8 +245,7 @@ class Runner:
             job=job.name, scheduled_for=_z(scheduled_for), attempt=resumed))
         task = asyncio.create_task(self._execute(job, scheduled_for, trigger, lock,
                                                  queued=False, first_attempt=resumed))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._track(task)
 
     async def handle(self, trigger: JobTrigger) -> None:
         """One trigger from scheduler.job-triggers: defer, catch up or dispatch its slot."""
@@ -342,8 +341,7 @@ class Runner:
         assert holder is not None
         task = asyncio.create_task(self._execute(
             job, scheduled_for, trigger, holder, queued=action is OverlapAction.WAIT))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._track(task)
         return task
 
     async def _execute(self, job: Job, scheduled_for: datetime, trigger: str, lock: JobLock,
@@ -363,7 +361,7 @@ class Runner:
                 attempt += 1
                 started = self.clock()
                 first_started = first_started or started
-                error: SchedulerError | None = None
+                error: Exception | None = None
                 outcome = Outcome()
                 try:
                     if holder is None:
@@ -381,6 +379,12 @@ class Runner:
                     error = TransientError(f"timed out after {job.timeout_s} s")
                 except SchedulerError as exc:
                     error = exc
+                except Exception as exc:
+                    # A bug or an error no adapter translated: the attempt failed, and
+                    # the run must say so instead of staying "running" until a sweep.
+                    log.error("job attempt raised an unexpected error", exc_info=exc,
+                              extra=fields(job=job.name, scheduled_for=_z(scheduled_for)))
+                    error = exc
                 finished = self.clock()
                 metrics.JOB_RUN_SECONDS.labels(job.name).observe(
                     (finished - started).total_seconds())
@@ -388,8 +392,9 @@ class Runner:
                     metrics.JOB_ROWS.labels(job.name).inc(outcome.affected)
                     return await self._finish(job, scheduled_for, trigger, attempt, started,
                                               first_started, finished, "succeeded", outcome)
-                decision = jobs.retry_decision(job.retries, attempt, retriable=error.retriable,
-                                               rng=self.rng)
+                decision = jobs.retry_decision(
+                    job.retries, attempt, retriable=getattr(error, "retriable", False),
+                    rng=self.rng)
                 if not decision.retry:
                     return await self._finish(job, scheduled_for, trigger, attempt, started,
                                               first_started, finished, "failed", outcome, error)
@@ -408,7 +413,7 @@ class Runner:
 
     def _run(self, job: Job, scheduled_for: datetime, trigger: str, attempt: int,
              started: datetime, finished: datetime, status: str, outcome: Outcome,
-             error: SchedulerError | None = None) -> JobRun:
+             error: Exception | None = None) -> JobRun:
         return JobRun(
             run_id=jobs.run_id(job.name, scheduled_for, attempt), job=job.name, kind=job.kind,
             scheduled_for=scheduled_for, trigger=trigger, attempt=attempt,
@@ -422,7 +427,7 @@ class Runner:
     async def _finish(self, job: Job, scheduled_for: datetime, trigger: str, attempt: int,
                       started: datetime, first_started: datetime, finished: datetime,
                       status: str, outcome: Outcome,
-                      error: SchedulerError | None = None) -> JobRun:
+                      error: Exception | None = None) -> JobRun:
         run = self._run(job, scheduled_for, trigger, attempt, started, finished, status,
                         outcome, error)
         total_ms = max(0, int((finished - first_started).total_seconds() * 1000))
@@ -441,6 +446,17 @@ class Runner:
                                  * self.rng.random())
         await self.record(run)
         return run
+
+    def _track(self, task: asyncio.Task[JobRun | None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self._untrack)
+
+    def _untrack(self, task: asyncio.Task[JobRun | None]) -> None:
+        """Retrieve what a finished execution raised outside its attempts (an attempt's
+        errors are recorded in the run), so that it is logged, never lost."""
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("job execution ended with an error", exc_info=exc)
 
     async def drain(self, timeout_s: float) -> None:
         """Let running executions finish (up to ``timeout_s``), then cancel the rest."""
@@ -508,15 +524,12 @@ async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | N
                                                     jobs=registry.names()))
         agent = Processor(settings, "jobtrigger", settings.topics.ticks,
                           TriggerAgent(settings, registry))
-        tasks = [asyncio.create_task(agent.run(stop)),
-                 asyncio.create_task(_consume_triggers(settings, runner, stop))]
+        tasks = {agent.name: asyncio.create_task(agent.run(stop)),
+                 "trigger consumer": asyncio.create_task(
+                     _consume_triggers(settings, runner, stop))}
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
+            await lifecycle.supervise(stop, tasks)
         finally:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await runner.drain(timeout_s=30)
     finally:
         await producer.stop()
@@ -540,7 +553,15 @@ async def _consume_triggers(settings: Settings, runner: Runner, stop: asyncio.Ev
                 for msg in msgs:
                     if not await _handle_record(runner, msg.value, msg.offset, stop, rng):
                         return  # stopping before the trigger was handled: not committed
-                    await consumer.commit({tp: msg.offset + 1})
+                    try:
+                        await consumer.commit({tp: msg.offset + 1})
+                    except (IllegalStateError, CommitFailedError):
+                        # Another runner joined and took the partition while this trigger
+                        # was handled: it re-reads from the last commit, and a slot claimed
+                        # here is "claimed before" there. Not a reason to end the process.
+                        log.info("trigger partition moved to another runner",
+                                 extra=fields(offset=msg.offset))
+                        break
     finally:
         with contextlib.suppress(KafkaError):
             await consumer.stop()

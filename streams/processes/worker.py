@@ -238,15 +238,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     summary = lifecycle.every(
         30, lambda: _summary("worker summary", rekeyer, agent, started))
-    tasks = [asyncio.create_task(p.run(stop)) for p in processors]
+    tasks = {p.name: asyncio.create_task(p.run(stop)) for p in processors}
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()
+        await lifecycle.supervise(stop, tasks)
     finally:
-        stop.set()
         summary.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         _summary("worker stopped", rekeyer, agent, started)
 
 

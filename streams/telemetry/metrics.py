@@ -1,11 +1,12 @@
 """Prometheus metrics of every process (names follow Prometheus conventions: seconds, totals).
 
-Label values are bounded sets (role, kind, outcome): never user or task ids.
+Label values are bounded sets (role, kind, outcome): never user or task ids. They are
+served with /healthz and /readyz by ``streams.telemetry.health``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS = Counter("cronorch_records_total", "Records consumed", ["role"])
 EVENTS = Counter("cronorch_events_total", "Task events by outcome", ["outcome"])
@@ -40,11 +41,6 @@ def declare_series() -> None:
     for outcome in ("applied", "stale"):
         EVENTS.labels(outcome)
 
-
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (0 disables)."""
-    if port:
-        start_http_server(port, addr="0.0.0.0")
 
 # Maintenance jobs (job names come from the registry: a small, operator-controlled set).
 JOB_RUNS = Counter("cronorch_job_runs_total", "Job run records (one per attempt or decision)",

@@ -164,9 +164,8 @@ def test_scenario_model_is_not_trivial() -> None:
 def test_broker_restart_mid_run(settings: Settings, stack: devstack.Stack,
                                 tmp_path: Path) -> None:
     """Kafka stopped for 10 s between the phases: the worker waits the outage out and the
-    notifications are still exactly the expected set. (Stopping the broker while the worker
-    is still inside its first rebalance can leave aiokafka's group coordinator cancelled and
-    the timeline consumer idle: see the closing note of this change; not covered here.)"""
+    notifications are still exactly the expected set. (A stop inside the worker's first
+    restore is tests/acceptance/test_liveness.py's.)"""
     sc = build(seed=31, tasks=400)
     log = tmp_path / "worker.log"
     worker = Proc(settings, "worker", log=log).start()

@@ -297,6 +297,38 @@ def test_decided_slots_get_one_row_each_with_the_reason(database: str) -> None:
     assert sorted(r.status for r in emitted) == ["missed", "skipped", "succeeded"]
 
 
+def test_unexpected_error_in_a_run_is_recorded_failed(database: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error no adapter translated (a bug) ends the attempt as a failed run, recorded in
+    the table and the run log, instead of escaping the background task unseen."""
+    from streams.processes import jobrunner
+
+    async def broken(*args: Any) -> Any:
+        raise KeyError("not-a-param")
+
+    monkeypatch.setattr(jobrunner.jobs, "run_kind", broken)
+    job = _job("noop", params={"sleep_s": 0}, retries={"max_attempts": 2, "base_delay_s": 0.001,
+                                                        "max_delay_s": 0.001})
+    reg = registry.Registry((job,))
+    emitted: list[JobRun] = []
+
+    async def go() -> tuple[JobRun | None, list[dict[str, Any]]]:
+        db = await Database.connect(database)
+        try:
+            runner = _runner(reg, db, emitted)
+            task = await runner.dispatch(job, NOW, "schedule", "x", NOW)
+            assert task is not None
+            return await task, await db.runs(job.name)
+        finally:
+            await db.close()
+
+    run, rows = asyncio.run(go())
+    assert run is not None and run.status == "failed" and run.error_class == "KeyError"
+    assert run.attempt == 1  # not retriable: a bug does not pass by itself
+    assert [(r["status"], r["error_class"]) for r in rows] == [("failed", "KeyError")]
+    assert [(r.status, r.error_class) for r in emitted] == [("failed", "KeyError")]
+
+
 def test_abandoned_slot_outside_its_window_is_failed_not_rerun(database: str) -> None:
     job = _job("noop")
     reg = registry.Registry((job,))

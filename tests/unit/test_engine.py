@@ -1,6 +1,8 @@
-"""The engine's failure path without a broker: a failed transaction resets the partition
-(abort, restore, seek back to the committed offset) with exponential backoff, retrying
-while the broker refuses, and the batch is then processed again from the committed offset."""
+"""The engine without a broker: a failed transaction resets the partition (abort, restore,
+seek back to the committed offset) with exponential backoff, retrying while the broker
+refuses, and the batch is then processed again from the committed offset. Restores run
+outside the rebalance listener with the partition paused; a revoke cancels them; a restore
+that fails for good ends ``run``."""
 
 from __future__ import annotations
 
@@ -69,12 +71,35 @@ class FakeProducer:
 class FakeConsumer:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self.paused: set[TopicPartition] = set()
 
     async def committed(self, tp: TopicPartition) -> int:
         return 10
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.broker.seeks.append(offset)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return None
+
+    def subscribe(self, topics: list[str], listener: object) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Msg]]:
+        await asyncio.sleep(0)
+        return {}
 
 
 class Echo:
@@ -119,18 +144,153 @@ def test_failed_transaction_resets_with_backoff_and_retries(
 
     async def scenario() -> None:
         processor = engine.Processor(Settings(), "test", "source", handler)
-        await processor._open(0)
-        broker.failing_starts = failing_starts  # the broker goes away after the first start
         tp = TopicPartition("source", 0)
+        processor.assigned([0])
+        assert processor.consumer.paused == {tp}
+        await processor.restores[0]
+        assert processor.consumer.paused == set() and 0 in processor.producers
+        broker.failing_starts = failing_starts  # the broker goes away after the first start
         await processor._process(tp, [Msg(10), Msg(11)])  # commit fails → reset
         assert broker.committed == []
+        assert processor.consumer.paused == {tp} and 0 not in processor.producers
+        await processor._process(tp, [Msg(10), Msg(11)])  # restoring: dropped, not processed
+        assert broker.committed == []
+        await processor.restores[0]
         await processor._process(tp, [Msg(10), Msg(11)])  # redelivered from offset 10
         assert broker.committed == [([b"v", b"v"], {tp: 12})]
         assert processor.failures[0] == 0
 
     asyncio.run(scenario())
-    assert broker.aborts == 1 and broker.seeks == [10]
+    assert broker.aborts == 1 and broker.seeks == [10, 10]
     assert handler.assigned == 2  # restored once more after the reset
     assert len(sleeps) == 1 + failing_starts  # one backoff per attempt to reopen
     caps = [engine.backoff_cap_s(engine.RESET_BACKOFF, n + 1) for n in range(len(sleeps))]
     assert all(0 <= s <= cap for s, cap in zip(sleeps, caps, strict=True))
+
+
+class Hanging(Echo):
+    """A restore that does not finish until released (a broker that went away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked: list[int] = []
+
+    def revoke(self, partition: int) -> None:
+        self.revoked.append(partition)
+
+
+def test_listener_returns_at_once_and_a_revoke_cancels_the_restore(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka sends no heartbeat while the listener runs, and a cancellation raised inside
+    it ends the group coordinator: the listener must do no IO. The restore it starts is
+    cancelled by a revoke, and its producer stopped."""
+    broker = Broker(0, 0)
+    stops: list[int] = []
+
+    class SlowProducer(FakeProducer):
+        async def start(self) -> None:
+            await asyncio.sleep(3600)
+
+        async def stop(self) -> None:
+            stops.append(1)
+
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: SlowProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    handler = Hanging()
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", handler)
+        listener = engine._Listener(processor)
+        tps = [TopicPartition("source", 0), TopicPartition("source", 1)]
+        await asyncio.wait_for(listener.on_partitions_assigned(tps), 0.1)
+        assert set(processor.restores) == {0, 1}
+        assert processor.ready() == "restoring partitions [0, 1]"
+        await asyncio.sleep(0.01)  # the restores are waiting for the broker
+        await asyncio.wait_for(listener.on_partitions_revoked(tps[:1]), 1)
+        assert set(processor.restores) == {1}
+        assert 0 in handler.revoked and len(stops) == 1
+        await processor.release([1])
+        assert processor.restores == {} and processor.producers == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_restore_that_fails_for_good_ends_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a broker hiccup (those are retried): the processor's ``run`` raises, so the
+    process exits non-zero instead of owning a partition it never processes."""
+    broker = Broker(0, 0)
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: FakeProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+
+    class Broken(Echo):
+        def assign(self, partition: int, changelog: Iterable[Record]) -> None:
+            raise ValueError("corrupt state")
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Broken())
+        assert processor.alive() is None
+        assert processor.ready() == "no partitions assigned yet"
+        run = asyncio.create_task(processor.run(asyncio.Event()))
+        await asyncio.sleep(0)
+        processor.assigned([0])
+        with pytest.raises(ValueError, match="corrupt state"):
+            await asyncio.wait_for(run, 5)
+        assert processor.alive() is not None
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_batch_aborts_its_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop that cannot wait for the batch in flight cancels it: the transaction is
+    aborted then, not left open until the broker's transaction timeout."""
+    broker = Broker(0, 0)
+
+    class StuckProducer(FakeProducer):
+        async def commit_transaction(self) -> None:
+            await asyncio.sleep(3600)
+
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: StuckProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Echo())
+        processor.assigned([0])
+        await processor.restores[0]
+        batch = asyncio.create_task(processor._process(TopicPartition("source", 0), [Msg(10)]))
+        await asyncio.sleep(0.01)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+
+    asyncio.run(scenario())
+    assert broker.aborts == 1 and broker.committed == []
+
+
+def test_a_cancellation_escaping_the_client_is_retried_not_fatal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka can let the CancelledError of one of its own tasks escape into ours: for a
+    restore that is a failure to retry, not a revoke (which would leave p unprocessed)."""
+    broker = Broker(0, 0)
+    escapes = [1]
+
+    class LeakyProducer(FakeProducer):
+        async def start(self) -> None:
+            if escapes:
+                escapes.pop()
+                raise asyncio.CancelledError
+
+    async def no_sleep(delay_s: float) -> None:
+        pass
+
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: LeakyProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    monkeypatch.setattr(engine.asyncio, "sleep", no_sleep)
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Echo())
+        processor.assigned([0])
+        await processor.restores[0]
+        assert 0 in processor.producers and processor.crashed is None
+        assert processor.failures[0] == 1
+
+    asyncio.run(scenario())

@@ -330,6 +330,7 @@ def test_metrics_port_probes_and_service() -> None:
     (service,) = of_kind(docs, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": port,
                                          "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["publishNotReadyAddresses"] is True  # unready pods are scraped
     selector = service["spec"]["selector"].items()
     for deployment in of_kind(docs, "Deployment"):
         template = deployment["spec"]["template"]
@@ -337,8 +338,8 @@ def test_metrics_port_probes_and_service() -> None:
         (container,) = template["spec"]["containers"]
         assert container["ports"] == [{"name": "metrics", "containerPort": port,
                                        "protocol": "TCP"}]
-        for probe in ("livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     for job in of_kind(docs, "Job"):  # serves no metrics: not behind the Service
         assert not selector <= job["spec"]["template"]["metadata"]["labels"].items()
 

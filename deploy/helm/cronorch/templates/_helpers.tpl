@@ -133,6 +133,8 @@ are not printed in float notation.
   value: {{ int64 $c.commit_interval_ms | quote }}
 - name: TRANSACTION_TIMEOUT_MS
   value: {{ int64 $c.transaction_timeout_ms | quote }}
+- name: SESSION_TIMEOUT_MS
+  value: {{ int64 $c.session_timeout_ms | quote }}
 - name: REMINDER_CATCHUP_S
   value: {{ int64 $c.reminder_catchup_s | quote }}
 - name: DIGEST_CATCHUP_S
@@ -216,10 +218,10 @@ spec:
               containerPort: {{ int64 $root.Values.config.metrics_port }}
               protocol: TCP
           livenessProbe:
-            httpGet: {path: /metrics, port: metrics}
+            httpGet: {path: /healthz, port: metrics}
             {{- toYaml $root.Values.probes.liveness | nindent 12 }}
           readinessProbe:
-            httpGet: {path: /metrics, port: metrics}
+            httpGet: {path: /readyz, port: metrics}
             {{- toYaml $root.Values.probes.readiness | nindent 12 }}
           {{- end }}
           resources:
