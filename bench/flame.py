@@ -13,25 +13,25 @@ import html
 import re
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The flow of a batch: the engine's transaction, the worker's handlers, a tick's fires.
+BREAKDOWN = ("streams/kafka/engine.py:_process", "streams/processes/worker.py:process",
+             "streams/timeline/state.py:tick", "streams/kafka/engine.py:decode_all")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<path>.*?)(?::(?P<line>\d+))?\)$")
 
 
 def short_path(path: str) -> str:
-    for marker in ("site-packages/", "/work/", "/lib/python3.11/"):
-        if marker in path:
-            tail = path.split(marker, 1)[1]
-            if marker == "/work/":  # a work tree: drop its own folder names
-                parts = tail.split("/")
-                for i, part in enumerate(parts):
-                    if part in ("streams", "schemas", "bench", "tests"):
-                        return "/".join(parts[i:])
-                return tail
-            return tail if marker == "site-packages/" else f"stdlib/{tail}"
-    return path
+    if "site-packages/" in path:
+        return path.rsplit("site-packages/", 1)[1]
+    for ours in ("/streams/", "/schemas/", "/bench/", "/tests/"):
+        if ours in path:
+            return ours[1:] + path.rsplit(ours, 1)[1]
+    match = re.search(r"/lib/python3\.\d+/(.*)$", path)
+    return f"stdlib/{match[1]}" if match else path
 
 
 def frame_name(frame: str) -> str:
@@ -87,14 +87,32 @@ class Stacks:
             for name in set(stack):
                 inclusive[name] += count
 
-        def pct(counter: Counter[str], only: str = "") -> list[dict[str, Any]]:
-            rows = [(k, v) for k, v in counter.most_common() if k.startswith(only)]
+        def pct(counter: Counter[str], keep: Callable[[str, int], bool]) -> list[dict[str, Any]]:
+            rows = [(k, v) for k, v in counter.most_common() if keep(k, v)]
             return [{"function": k, "percent": round(100 * v / total, 1)} for k, v in rows[:top]]
 
-        return {"samples": self.samples, "self": pct(own), "total_ours": pct(inclusive, "streams/")
-                + pct(inclusive, "schemas/")[:5],
+        def ours(name: str, count: int) -> bool:
+            # The process's entry frames hold every sample and say nothing: left out.
+            return name.startswith(("streams/", "schemas/")) and count < 0.9 * total
+
+        return {"samples": self.samples, "self": pct(own, lambda k, v: True),
+                "total_ours": pct(inclusive, ours),
+                "breakdown": {parent: self.children(parent, top=8) for parent in BREAKDOWN
+                              if inclusive[parent]},
                 "areas": [{"area": k, "percent": round(100 * v / total, 1)}
                           for k, v in areas.most_common(top)]}
+
+
+    def children(self, parent: str, top: int = 8) -> list[dict[str, Any]]:
+        """Where ``parent``'s time goes: its callees' shares (and its own) of all samples."""
+        total = self.samples or 1
+        kids: Counter[str] = Counter()
+        for stack, count in self.counts.items():
+            if parent in stack:
+                i = len(stack) - 1 - stack[::-1].index(parent)
+                kids[stack[i + 1] if i + 1 < len(stack) else "(self)"] += count
+        return [{"function": k, "percent": round(100 * v / total, 1)}
+                for k, v in kids.most_common(top)]
 
 
 def svg(stacks: Stacks, title: str, width: int = 1400, row_px: int = 16) -> str:
