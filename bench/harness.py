@@ -43,6 +43,48 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU time (user + system) ``pid`` has used; with ``reaped_children`` also that of its
+    exited children (a postmaster's finished backends). 0 for a process that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / _TICKS_PER_S
+
+
+class StackCpu:
+    """CPU time of the local stack's Kafka broker and PostgreSQL (postmaster, its live
+    backends and those already reaped), found through the stack's pid files."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.kafka_pid = int((state_dir / "kafka" / "kafka.pid").read_text().split()[0])
+        postmaster = state_dir / "postgres" / "data" / "postmaster.pid"
+        self.pg_pid = int(postmaster.read_text().split()[0]) if postmaster.exists() else None
+
+    def kafka(self) -> float:
+        return cpu_seconds(self.kafka_pid)
+
+    def postgres(self) -> float:
+        if self.pg_pid is None:
+            return 0.0
+        total = cpu_seconds(self.pg_pid, reaped_children=True)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            if int(text.rsplit(")", 1)[1].split()[1]) == self.pg_pid:  # ppid
+                total += cpu_seconds(int(stat.parent.name))
+        return total
+
+
 def pid_of(proc: Proc) -> int:
     assert proc.proc is not None
     return proc.proc.pid
@@ -126,6 +168,8 @@ class FlowResult:
     records: float  # events fully through both hops in the window (see measure_flow)
     seconds: float
     window: str  # "settled": from the group's settling; "whole": from the process start
+    cpu_s: float  # CPU time of the processes under test in the window
+    broker_cpu_s: float  # CPU time of the Kafka broker in the window
 
     @property
     def per_s(self) -> float:
@@ -133,7 +177,8 @@ class FlowResult:
 
 
 async def measure_flow(offsets: Offsets, flow: Flow, n: int, timeout_s: float,
-                       settled_at: Callable[[], float | None]) -> FlowResult:
+                       settled_at: Callable[[], float | None], pids: list[int],
+                       stack: StackCpu) -> FlowResult:
     """Time both hops over ``n`` pre-published records, polled from the process start.
 
     The window opens when every hop holds its partitions (``settled_at()``, from the
@@ -148,13 +193,14 @@ async def measure_flow(offsets: Offsets, flow: Flow, n: int, timeout_s: float,
     source_end = sum(await offsets.end(flow.source))
     if source_end != n:
         raise RuntimeError(f"{flow.source} holds {source_end} records, expected {n}")
-    series: list[tuple[float, int, int]] = []
+    series: list[tuple[float, ...]] = []
     deadline = time.monotonic() + timeout_s
     while True:
         first = sum(await offsets.committed(flow.first, flow.source))
         second = await offsets.committed(flow.second, flow.middle)
         now = time.time()
-        series.append((now, first, min(sum(second), n)))
+        series.append((now, first, min(sum(second), n),
+                       sum(cpu_seconds(pid) for pid in pids), stack.kafka()))
         if first >= n and caught_up(await offsets.end(flow.middle), second, True):
             break
         if time.monotonic() > deadline:
@@ -162,22 +208,25 @@ async def measure_flow(offsets: Offsets, flow: Flow, n: int, timeout_s: float,
                                f"{first} of {n}")
         await asyncio.sleep(POLL_S)
     settled = settled_at()
+    _, _, _, cpu_end, broker_end = series[-1]
     if settled is not None and settled < now:
-        first_at, second_at = _at(series, settled)
+        first_at, second_at, cpu_at, broker_at = _at(series, settled)
         work = (n - first_at) + (n - second_at)
         if work >= n // 5:
-            return FlowResult(work / 2, now - settled, "settled")
-    t0, first0, second0 = series[0]
-    return FlowResult(((n - first0) + (n - second0)) / 2, now - t0, "whole")
+            return FlowResult(work / 2, now - settled, "settled", cpu_end - cpu_at,
+                              broker_end - broker_at)
+    t0, first0, second0, cpu0, broker0 = series[0]
+    return FlowResult(((n - first0) + (n - second0)) / 2, now - t0, "whole", cpu_end - cpu0,
+                      broker_end - broker0)
 
 
-def _at(series: list[tuple[float, int, int]], at: float) -> tuple[float, float]:
-    """The committed counts of both hops at instant ``at``, interpolated between polls."""
+def _at(series: list[tuple[float, ...]], at: float) -> tuple[float, ...]:
+    """The values polled with instant ``at`` (committed counts, CPU times), interpolated."""
     before = [p for p in series if p[0] <= at] or series[:1]
     after = [p for p in series if p[0] >= at] or series[-1:]
-    (t0, a0, b0), (t1, a1, b1) = before[-1], after[0]
+    (t0, *v0), (t1, *v1) = before[-1], after[0]
     share = 0.0 if t1 <= t0 else (at - t0) / (t1 - t0)
-    return a0 + share * (a1 - a0), b0 + share * (b1 - b0)
+    return tuple(a + share * (b - a) for a, b in zip(v0, v1, strict=True))
 
 
 # --- worker logs ---------------------------------------------------------------------------

@@ -10,13 +10,15 @@ at-least-once, not the project's exactly-once: the comparison flatters the peer.
 
 It prints ``ready`` once connected, waits for ``go`` on stdin (the "tick": its wall-clock
 moment is the start of the drain), then drains every row with ``fire_at <= F`` and prints
-one JSON line: rows published, and the wall-clock instants of go and of the last commit.
+one JSON line: rows published, the wall-clock instants of go and of the last commit, and
+the CPU time it used in between.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 import time
 from datetime import datetime
@@ -50,6 +52,11 @@ async def poller(pool: Any, producer: AIOKafkaProducer, table: str, topic: str,
             published += len(rows)
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def main(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     pool = await asyncpg.create_pool(settings.database_url.get_secret_value(),
@@ -61,13 +68,15 @@ async def main(args: argparse.Namespace) -> None:
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         go = time.time()
+        cpu_go = _cpu_s()
         fire_at = datetime.fromisoformat(args.fire_at.replace("Z", "+00:00"))
         results = await asyncio.gather(*(
             poller(pool, producer, args.table, args.topic, fire_at, args.batch)
             for _ in range(args.pollers)))
         print(orjson.dumps({
             "rows": sum(r for r, _ in results), "go": go,
-            "last_commit": max(t for _, t in results), "pollers": args.pollers,
+            "last_commit": max(t for _, t in results), "cpu_s": _cpu_s() - cpu_go,
+            "pollers": args.pollers,
             "batch": args.batch}).decode(), flush=True)
     finally:
         await producer.stop()

@@ -48,10 +48,13 @@ from aiokafka.admin import NewTopic
 from bench import flame, workload
 from bench.harness import (
     Flow,
+    FlowResult,
     Offsets,
     Profile,
+    StackCpu,
     WorkerLog,
     caught_up,
+    cpu_seconds,
     load_average,
     measure_flow,
     pid_of,
@@ -83,7 +86,9 @@ REFERENCE_MAIN = {
 FIGURES = (
     "meta.load_average_start", "meta.load_average_end",
     "burst.project.per_s", "burst.peer.per_s", "burst.ratio",
+    "burst.project.per_cpu_s", "burst.peer.per_cpu_s", "burst.cpu_ratio",
     "ingest.project.per_s", "ingest.ceiling.per_s", "ingest.ratio",
+    "ingest.project.per_cpu_s", "ingest.ceiling.per_cpu_s", "ingest.cpu_ratio",
     "lateness.p50_s", "lateness.p99_s", "lateness.max_s", "lateness.fires",
     "memory.*.bytes_per_task", "memory.*.restore_s", "memory.*.rss_bytes",
     "scale.*.workers", "scale.*.ingest_per_s", "scale.*.burst_per_s",
@@ -126,6 +131,7 @@ class Run:
         self.out: Path = args.out or default
         self.out.mkdir(parents=True, exist_ok=True)
         self.base = Settings.from_env()
+        self.stack = StackCpu(devstack.Stack.from_env().state_dir)
         self.tag = uuid.uuid4().hex[:6]
         self.apps: list[Settings] = []
         self.procs: list[Proc] = []
@@ -187,11 +193,11 @@ async def pipeline(run: Run, name: str, n: int, *, workers: int = 1, restore: bo
         flow = _flow(settings, WORKER_FLOW)
         ingest = await measure_flow(
             offsets, flow, n, timeout_s=60 + n / 500,
-            settled_at=lambda: settled_at(logs, ROLES, settings.timeline_partitions))
+            settled_at=lambda: settled_at(logs, ROLES, settings.timeline_partitions),
+            pids=[pid_of(p) for p in procs], stack=run.stack)
         if spy is not None:
             result["profile_raw"] = str(spy.finish())
-        result["ingest"] = {"records": round(ingest.records), "seconds": round(ingest.seconds, 3),
-                            "per_s": round(ingest.per_s), "window": ingest.window}
+        result["ingest"] = _flow_figures(ingest)
         run.say(f"{name}: ingest {ingest.per_s:,.0f}/s over {ingest.records:,.0f} events "
                 f"({ingest.window})")
         if workers == 1:
@@ -211,10 +217,13 @@ async def pipeline(run: Run, name: str, n: int, *, workers: int = 1, restore: bo
             spy = Profile(pid_of(procs[0]), run.out / "profile-burst.txt") if profile else None
             if spy is not None:
                 await asyncio.sleep(0.5)  # lets py-spy attach before the tick
-            drained = await _burst(settings, offsets, timeout_s=60 + n / 500)
+            drained, cpu_s, broker_cpu_s = await _burst(
+                run, settings, offsets, [pid_of(p) for p in procs], timeout_s=60 + n / 500)
             if spy is not None:
                 result["profile_burst_raw"] = str(spy.finish())
-            result["burst"] = {"seconds": round(drained, 3), "per_s": round(n / drained)}
+            result["burst"] = {"seconds": round(drained, 3), "per_s": round(n / drained),
+                               "cpu_s": round(cpu_s, 2), "stack_cpu_s": round(broker_cpu_s, 2),
+                               "per_cpu_s": round(n / max(cpu_s + broker_cpu_s, 1e-3))}
             run.say(f"{name}: burst {n / drained:,.0f}/s")
             result["burst"]["verified"] = await _count_reminders(settings, n)
         result["errors_logged"] = sum(sum(log.read().errors.values()) for log in logs)
@@ -252,10 +261,21 @@ def _async(check: Callable[[], bool]) -> Callable[[], Any]:
     return wrapped
 
 
-async def _burst(settings: Settings, offsets: Offsets, timeout_s: float) -> float:
-    """Publish one tick at BURST_AT; seconds until the timeline group has committed it."""
+def _flow_figures(flow: FlowResult) -> dict[str, Any]:
+    return {"records": round(flow.records), "seconds": round(flow.seconds, 3),
+            "per_s": round(flow.per_s), "window": flow.window, "cpu_s": round(flow.cpu_s, 2),
+            "stack_cpu_s": round(flow.broker_cpu_s, 2),
+            "per_cpu_s": round(flow.records / max(flow.cpu_s + flow.broker_cpu_s, 1e-3))}
+
+
+async def _burst(run: Run, settings: Settings, offsets: Offsets, pids: list[int],
+                 timeout_s: float) -> tuple[float, float, float]:
+    """Publish one tick at BURST_AT; (seconds until the timeline group has committed it,
+    CPU seconds of the workers and of the broker meanwhile)."""
     publisher = TickPublisher(settings, "tick-range")
     await publisher.start()
+    cpu0 = sum(cpu_seconds(pid) for pid in pids)
+    broker0 = run.stack.kafka()
     try:
         started = time.time()
         await publisher.publish([BURST_AT])
@@ -267,7 +287,9 @@ async def _burst(settings: Settings, offsets: Offsets, timeout_s: float) -> floa
     async def drained() -> bool:
         return caught_up(ends, await offsets.committed("timeline", topic), True)
 
-    return await poll_until(drained, timeout_s, "the burst to drain") - started
+    seconds = await poll_until(drained, timeout_s, "the burst to drain") - started
+    return (seconds, sum(cpu_seconds(pid) for pid in pids) - cpu0,
+            run.stack.kafka() - broker0)
 
 
 async def _count_reminders(settings: Settings, n: int) -> bool:
@@ -295,14 +317,14 @@ async def ceiling(run: Run, n: int) -> dict[str, Any]:
         flow = await measure_flow(
             offsets, _flow(settings, CEILING_FLOW), n, timeout_s=60 + n / 1000,
             settled_at=lambda: settled_at([log], (CEILING_FLOW.first, CEILING_FLOW.second),
-                                          settings.timeline_partitions))
+                                          settings.timeline_partitions),
+            pids=[proc.pid], stack=run.stack)
     finally:
         proc.terminate()
         proc.wait(30)
         await offsets.close()
     run.say(f"ceiling: {flow.per_s:,.0f}/s")
-    return {"records": round(flow.records), "seconds": round(flow.seconds, 3),
-            "per_s": round(flow.per_s), "window": flow.window, "load_average": load_average()}
+    return {**_flow_figures(flow), "load_average": load_average()}
 
 
 def _spawn(module_args: list[str], settings: Settings, log: Path,
@@ -340,10 +362,13 @@ async def peer(run: Run, n: int) -> dict[str, Any]:
         assert proc.stdin is not None and proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"bench.peer did not start; see {run.log('peer')}")
+        broker0, pg0 = run.stack.kafka(), run.stack.postgres()
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
-        out, _ = await asyncio.to_thread(proc.communicate, None, 60 + n / 1000)
-        doc = orjson.loads(out.splitlines()[-1])
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60 + n / 1000)
+        stack_cpu_s = run.stack.kafka() - broker0 + run.stack.postgres() - pg0
+        proc.communicate(timeout=30)
+        doc = orjson.loads(line)
         published = await conn.fetchval(
             f"SELECT count(*) FROM {table} WHERE published_at IS NOT NULL")
     finally:
@@ -361,6 +386,8 @@ async def peer(run: Run, n: int) -> dict[str, Any]:
     seconds = doc["last_commit"] - doc["go"]
     run.say(f"peer: {n / seconds:,.0f}/s")
     return {"seconds": round(seconds, 3), "per_s": round(n / seconds),
+            "cpu_s": round(doc["cpu_s"], 2), "stack_cpu_s": round(stack_cpu_s, 2),
+            "per_cpu_s": round(n / max(doc["cpu_s"] + stack_cpu_s, 1e-3)),
             "pollers": doc["pollers"], "batch": doc["batch"], "verified": True,
             "load_average": load_average()}
 
@@ -483,10 +510,12 @@ async def suite(run: Run) -> dict[str, Any]:
     doc["pipeline"] = main
     ceil = await ceiling(run, n)
     doc["ingest"] = {"n": n, "project": main["ingest"], "ceiling": ceil,
-                     "ratio": ratio(main["ingest"]["per_s"], ceil["per_s"])}
+                     "ratio": ratio(main["ingest"]["per_s"], ceil["per_s"]),
+                     "cpu_ratio": ratio(main["ingest"]["per_cpu_s"], ceil["per_cpu_s"])}
     poll = await peer(run, n)
     doc["burst"] = {"n": n, "project": main["burst"], "peer": poll,
-                    "ratio": ratio(main["burst"]["per_s"], poll["per_s"])}
+                    "ratio": ratio(main["burst"]["per_s"], poll["per_s"]),
+                    "cpu_ratio": ratio(main["burst"]["per_cpu_s"], poll["per_cpu_s"])}
     late = await lateness(run, args.rate, args.duration_s, main["ingest"]["per_s"])
     doc["lateness"] = late
     empty = late.pop("empty_worker")
@@ -568,9 +597,16 @@ def table(doc: dict[str, Any]) -> str:
                  fmt(b["project"]["per_s"], unit="/s"),
                  f"{fmt(b['peer']['per_s'])}/s (SKIP LOCKED, {b['peer']['pollers']} pollers)",
                  fmt(b["ratio"], ".2f", "x"), la(b["peer"])))
+    rows.append(("  per CPU-second (process + broker; peer: + PostgreSQL)",
+                 fmt(b["project"]["per_cpu_s"], unit="/cpu-s"),
+                 fmt(b["peer"]["per_cpu_s"], unit="/cpu-s"), fmt(b["cpu_ratio"], ".2f", "x"), ""))
     rows.append((f"ingest, {i['n']:,} task.upserted", fmt(i["project"]["per_s"], unit="/s"),
                  f"{fmt(i['ceiling']['per_s'])}/s (bare aiokafka loop)",
                  fmt(i["ratio"], ".2f", "x"), la(i["ceiling"])))
+    rows.append(("  per CPU-second (process + broker)",
+                 fmt(i["project"]["per_cpu_s"], unit="/cpu-s"),
+                 fmt(i["ceiling"]["per_cpu_s"], unit="/cpu-s"), fmt(i["cpu_ratio"], ".2f", "x"),
+                 ""))
     rows.append((f"lateness, {lt['rate_per_s']:,} fires/s, 1 s ticks",
                  f"p50 {lt['p50_s']:.2f} s, p99 {lt['p99_s']:.2f} s, max {lt['max_s']:.2f} s",
                  "target p99 <= 1 s", fmt(lt["p99_s"] / 1.0, ".2f", "x"), la(lt)))

@@ -49,7 +49,8 @@ def test_missing_figures_walks_lists_and_nulls() -> None:
 
 
 def test_committed_counts_interpolate_between_polls() -> None:
-    series = [(10.0, 0, 0), (11.0, 100, 10), (12.0, 300, 50)]
-    assert _at(series, 11.5) == (200.0, 30.0)
-    assert _at(series, 9.0) == (0.0, 0.0)
-    assert _at(series, 13.0) == (300.0, 50.0)
+    series: list[tuple[float, ...]] = [(10.0, 0, 0, 1.0), (11.0, 100, 10, 2.0),
+                                       (12.0, 300, 50, 4.0)]
+    assert _at(series, 11.5) == (200.0, 30.0, 3.0)
+    assert _at(series, 9.0) == (0.0, 0.0, 1.0)
+    assert _at(series, 13.0) == (300.0, 50.0, 4.0)
