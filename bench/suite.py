@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,7 @@ class Run:
         self.stack = StackCpu(devstack.Stack.from_env().state_dir)
         self.tag = uuid.uuid4().hex[:6]
         self.apps: list[Settings] = []
+        self.topics: list[str] = []  # made outside the apps' settings (the peer's)
         self.procs: list[Proc] = []
 
     def settings(self, name: str, **overrides: Any) -> Settings:
@@ -158,7 +160,8 @@ class Run:
         for proc in self.procs:
             if proc.alive():
                 stop(proc)
-        names = [getattr(s.topics, f) for s in self.apps for f in type(s.topics).model_fields]
+        names = [getattr(s.topics, f) for s in self.apps
+                 for f in type(s.topics).model_fields] + self.topics
         if names and not self.args.keep_topics:
             async with kafka.admin(self.base) as client:
                 existing = set(await client.list_topics())
@@ -341,6 +344,7 @@ async def peer(run: Run, n: int) -> dict[str, Any]:
     """The same N fires as PostgreSQL rows, drained by bench.peer into a topic of its own."""
     settings = run.settings("peer")
     topic = f"{settings.app_id}.peer-notifications"
+    run.topics.append(topic)
     async with kafka.admin(settings) as client:
         await client.create_topics([NewTopic(topic, settings.timeline_partitions,
                                              settings.replication_factor)])
@@ -678,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     # The client library warns on every retried send (a new topic's leader moving); the
     # retries succeed and the counts are verified, so only errors are worth a line.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # SIGTERM unwinds like Ctrl-C, so the run still stops its processes and drops its topics.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.smoke:
         args.n, args.rate, args.duration_s, args.memory_n = 2000, 500, 3.0, []
     run = Run(args)
