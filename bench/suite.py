@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -500,6 +500,30 @@ def faust_runtime_available() -> bool:
 
 # --- the run --------------------------------------------------------------------------------
 
+def get(doc: Any, path: str) -> Any:
+    """``doc``'s value at a dotted path, or None where a part is missing."""
+    for part in path.split("."):
+        if isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        elif isinstance(doc, dict):
+            doc = doc.get(part)
+        else:
+            return None
+    return doc
+
+
+async def section(run: Run, doc: dict[str, Any], key: str,
+                  make: Callable[[], Awaitable[Any]]) -> Any:
+    """``doc[key] = await make()``; a scenario that fails is reported in ``doc["failures"]``
+    and the others still run, so one bad scenario never loses the run's other figures."""
+    try:
+        doc[key] = await make()
+    except Exception as exc:
+        run.say(f"{key}: FAILED {type(exc).__name__}: {exc}")
+        doc.setdefault("failures", {})[key] = f"{type(exc).__name__}: {exc}"[:2000]
+    return doc.get(key)
+
+
 async def suite(run: Run) -> dict[str, Any]:
     args = run.args
     n = args.n
@@ -510,37 +534,63 @@ async def suite(run: Run) -> dict[str, Any]:
         "load_average_start": load_average(), "out": str(run.out),
         "timeline_partitions": run.base.timeline_partitions},
         "reference_main": REFERENCE_MAIN}
-    main = await pipeline(run, "pipeline", n)
-    doc["pipeline"] = main
-    ceil = await ceiling(run, n)
-    doc["ingest"] = {"n": n, "project": main["ingest"], "ceiling": ceil,
-                     "ratio": ratio(main["ingest"]["per_s"], ceil["per_s"]),
-                     "cpu_ratio": ratio(main["ingest"]["per_cpu_s"], ceil["per_cpu_s"])}
-    poll = await peer(run, n)
-    doc["burst"] = {"n": n, "project": main["burst"], "peer": poll,
-                    "ratio": ratio(main["burst"]["per_s"], poll["per_s"]),
-                    "cpu_ratio": ratio(main["burst"]["per_cpu_s"], poll["per_cpu_s"])}
-    late = await lateness(run, args.rate, args.duration_s, main["ingest"]["per_s"])
-    doc["lateness"] = late
-    empty = late.pop("empty_worker")
-    doc["memory"] = [_memory(main, empty)]
-    for size in args.memory_n:
-        extra = await pipeline(run, f"memory-{size}", size, burst=False)
-        doc["memory"].append(_memory(extra, empty))
-    doc["scale"] = [_scale(main, main)]
+    await section(run, doc, "pipeline", lambda: pipeline(run, "pipeline", n))
+
+    async def ingest() -> dict[str, Any]:
+        ceil = await ceiling(run, n)
+        return {"n": n, "project": get(doc, "pipeline.ingest"), "ceiling": ceil,
+                "ratio": ratio(get(doc, "pipeline.ingest.per_s"), ceil["per_s"]),
+                "cpu_ratio": ratio(get(doc, "pipeline.ingest.per_cpu_s"), ceil["per_cpu_s"])}
+
+    async def burst() -> dict[str, Any]:
+        poll = await peer(run, n)
+        return {"n": n, "project": get(doc, "pipeline.burst"), "peer": poll,
+                "ratio": ratio(get(doc, "pipeline.burst.per_s"), poll["per_s"]),
+                "cpu_ratio": ratio(get(doc, "pipeline.burst.per_cpu_s"), poll["per_cpu_s"])}
+
+    await section(run, doc, "ingest", ingest)
+    await section(run, doc, "burst", burst)
+    await section(run, doc, "lateness", lambda: lateness(
+        run, args.rate, args.duration_s, get(doc, "pipeline.ingest.per_s") or 2000))
+    empty = (doc.get("lateness") or {}).pop("empty_worker", None)
+
+    async def memory() -> list[dict[str, Any]]:
+        sizes: list[dict[str, Any]] = [_memory(doc["pipeline"], empty)]
+        for size in args.memory_n:
+            extra: dict[str, Any] = {}
+            if await section(run, extra, "memory", lambda size=size: pipeline(
+                    run, f"memory-{size}", size, burst=False)):
+                sizes.append(_memory(extra["memory"], empty))
+            else:
+                sizes.append({"tasks": size, "error": extra["failures"]["memory"]})
+        return sizes
+
+    await section(run, doc, "memory", memory)
+    doc["scale"] = []
     for workers in args.scale:
-        if workers > 1:
-            doc["scale"].append(_scale(
-                await pipeline(run, f"scale-{workers}", n, workers=workers, restore=False),
-                main))
-    doc["profile"] = await _profile(run, n) if args.profile else None
+        entry: dict[str, Any] = {}
+        if workers == 1:
+            await section(run, entry, "scale", _async_value(lambda: _scale(doc["pipeline"],
+                                                                           doc["pipeline"])))
+        else:
+            await section(run, entry, "scale", lambda workers=workers: _scaled(
+                run, n, workers, doc["pipeline"]))
+        doc["scale"].append(entry.get("scale") or {
+            "workers": workers, "error": entry.get("failures", {}).get("scale")})
+    if args.profile:
+        await section(run, doc, "profile", lambda: _profile(run, n))
     if faust_runtime_available():
-        faust = await pipeline(run, "faust", n, restore=False,
-                               worker_args=("worker", "--runtime", "faust"))
-        doc["faust"] = {"available": True, "ingest_per_s": faust["ingest"]["per_s"],
-                        "burst_per_s": faust["burst"]["per_s"],
-                        "ingest_ratio": ratio(faust["ingest"]["per_s"], main["ingest"]["per_s"]),
-                        "burst_ratio": ratio(faust["burst"]["per_s"], main["burst"]["per_s"])}
+        async def faust() -> dict[str, Any]:
+            result = await pipeline(run, "faust", n, restore=False,
+                                    worker_args=("worker", "--runtime", "faust"))
+            return {"available": True, "ingest_per_s": result["ingest"]["per_s"],
+                    "burst_per_s": result["burst"]["per_s"],
+                    "ingest_ratio": ratio(result["ingest"]["per_s"],
+                                          get(doc, "pipeline.ingest.per_s")),
+                    "burst_ratio": ratio(result["burst"]["per_s"],
+                                         get(doc, "pipeline.burst.per_s"))}
+
+        await section(run, doc, "faust", faust)
     else:
         doc["faust"] = {"available": False,
                         "reason": "`cronorch worker` has no --runtime option yet"}
@@ -549,7 +599,20 @@ async def suite(run: Run) -> dict[str, Any]:
     return doc
 
 
-def _memory(result: dict[str, Any], empty: dict[str, Any]) -> dict[str, Any]:
+async def _scaled(run: Run, n: int, workers: int, one: dict[str, Any]) -> dict[str, Any]:
+    return _scale(await pipeline(run, f"scale-{workers}", n, workers=workers, restore=False),
+                  one)
+
+
+def _async_value(value: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
+    async def wrapped() -> Any:
+        return value()
+    return wrapped
+
+
+def _memory(result: dict[str, Any], empty: dict[str, Any] | None) -> dict[str, Any]:
+    if empty is None:
+        raise RuntimeError("no empty worker was measured (the lateness scenario failed)")
     n = result["n"]
     planned, restored = result["rss_planned_bytes"], result.get("rss_restored_bytes")
     return {
@@ -589,51 +652,59 @@ def _git(*args: str) -> str:
 # --- the table ------------------------------------------------------------------------------
 
 def table(doc: dict[str, Any]) -> str:
-    """The human summary: each comparison as a ratio of this run, the load next to it."""
-    ref = doc["reference_main"]
+    """The human summary: each comparison as a ratio of this run, the load next to it; a
+    scenario that failed shows "-" and its error is listed below."""
     rows: list[tuple[str, str, str, str, str]] = []
 
-    def la(section: dict[str, Any]) -> str:
-        return " ".join(f"{x:.1f}" for x in section.get("load_average", [])[:1])
+    def la(path: str) -> str:
+        load = get(doc, f"{path}.load_average")
+        return f"{load[0]:.1f}" if load else ""
 
-    b, i, lt = doc["burst"], doc["ingest"], doc["lateness"]
-    rows.append((f"burst drain, {b['n']:,} fires on one tick",
-                 fmt(b["project"]["per_s"], unit="/s"),
-                 f"{fmt(b['peer']['per_s'])}/s (SKIP LOCKED, {b['peer']['pollers']} pollers)",
-                 fmt(b["ratio"], ".2f", "x"), la(b["peer"])))
+    def x(path: str) -> str:
+        return fmt(get(doc, path), ".2f", "x")
+
+    n = doc["meta"]["n"]
+    rows.append((f"burst drain, {n:,} fires on one tick",
+                 fmt(get(doc, "burst.project.per_s"), unit="/s"),
+                 f"{fmt(get(doc, 'burst.peer.per_s'))}/s (SKIP LOCKED, "
+                 f"{fmt(get(doc, 'burst.peer.pollers'))} pollers)", x("burst.ratio"),
+                 la("burst.peer")))
     rows.append(("  per CPU-second (process + broker; peer: + PostgreSQL)",
-                 fmt(b["project"]["per_cpu_s"], unit="/cpu-s"),
-                 fmt(b["peer"]["per_cpu_s"], unit="/cpu-s"), fmt(b["cpu_ratio"], ".2f", "x"), ""))
-    rows.append((f"ingest, {i['n']:,} task.upserted", fmt(i["project"]["per_s"], unit="/s"),
-                 f"{fmt(i['ceiling']['per_s'])}/s (bare aiokafka loop)",
-                 fmt(i["ratio"], ".2f", "x"), la(i["ceiling"])))
+                 fmt(get(doc, "burst.project.per_cpu_s"), unit="/cpu-s"),
+                 fmt(get(doc, "burst.peer.per_cpu_s"), unit="/cpu-s"), x("burst.cpu_ratio"), ""))
+    rows.append((f"ingest, {n:,} task.upserted", fmt(get(doc, "ingest.project.per_s"), unit="/s"),
+                 f"{fmt(get(doc, 'ingest.ceiling.per_s'))}/s (bare aiokafka loop)",
+                 x("ingest.ratio"), la("ingest.ceiling")))
     rows.append(("  per CPU-second (process + broker)",
-                 fmt(i["project"]["per_cpu_s"], unit="/cpu-s"),
-                 fmt(i["ceiling"]["per_cpu_s"], unit="/cpu-s"), fmt(i["cpu_ratio"], ".2f", "x"),
-                 ""))
-    rows.append((f"lateness, {lt['rate_per_s']:,} fires/s, 1 s ticks",
-                 f"p50 {lt['p50_s']:.2f} s, p99 {lt['p99_s']:.2f} s, max {lt['max_s']:.2f} s",
-                 "target p99 <= 1 s", fmt(lt["p99_s"] / 1.0, ".2f", "x"), la(lt)))
-    for m in doc["memory"]:
+                 fmt(get(doc, "ingest.project.per_cpu_s"), unit="/cpu-s"),
+                 fmt(get(doc, "ingest.ceiling.per_cpu_s"), unit="/cpu-s"),
+                 x("ingest.cpu_ratio"), ""))
+    rows.append((f"lateness, {fmt(get(doc, 'lateness.rate_per_s'))} fires/s, 1 s ticks",
+                 f"p50 {fmt(get(doc, 'lateness.p50_s'), '.2f')} s, "
+                 f"p99 {fmt(get(doc, 'lateness.p99_s'), '.2f')} s, "
+                 f"max {fmt(get(doc, 'lateness.max_s'), '.2f')} s",
+                 "target p99 <= 1 s", x("lateness.p99_s"), la("lateness")))
+    for m in doc.get("memory") or []:
+        rss = m.get("rss_bytes")
         rows.append((f"memory, {m['tasks']:,} pending tasks",
-                     f"{fmt(m['bytes_per_task'])} B/task ({m['rss_bytes'] / 1e6:,.0f} MB RSS)",
-                     f"main: {ref['bytes_per_task']:,} B/task", "", ""))
-        restore = m["restore_s"]
+                     f"{fmt(m.get('bytes_per_task'))} B/task "
+                     f"({fmt(None if rss is None else rss / 1e6)} MB RSS)",
+                     f"main: {REFERENCE_MAIN['bytes_per_task']:,} B/task", "", ""))
+        restore = m.get("restore_s")
         rows.append((f"restore, {m['tasks']:,} tasks", fmt(restore, ".2f", " s"),
                      "-" if not restore else f"{m['tasks'] / restore:,.0f} tasks/s", "", ""))
-    for s in doc["scale"]:
+    for i, s in enumerate(doc.get("scale") or []):
         rows.append((f"scale-out, {s['workers']} worker(s)",
-                     f"ingest {fmt(s['ingest_per_s'])}/s, burst {fmt(s['burst_per_s'])}/s",
-                     "vs 1 worker",
-                     f"{fmt(s['ingest_ratio'], '.2f', 'x')} / {fmt(s['burst_ratio'], '.2f', 'x')}",
-                     la(s)))
-    f = doc["faust"]
-    rows.append(("faust runtime", "-" if not f["available"] else
-                 f"ingest {fmt(f['ingest_per_s'])}/s, burst {fmt(f['burst_per_s'])}/s",
+                     f"ingest {fmt(s.get('ingest_per_s'))}/s, "
+                     f"burst {fmt(s.get('burst_per_s'))}/s", "vs 1 worker",
+                     f"{x(f'scale.{i}.ingest_ratio')} / {x(f'scale.{i}.burst_ratio')}",
+                     la(f"scale.{i}")))
+    f = doc.get("faust") or {}
+    rows.append(("faust runtime", "-" if not f.get("available") else
+                 f"ingest {fmt(f.get('ingest_per_s'))}/s, burst {fmt(f.get('burst_per_s'))}/s",
                  f.get("reason", "vs own engine"),
-                 "" if not f["available"]
-                 else f"{fmt(f['ingest_ratio'], '.2f', 'x')} / {fmt(f['burst_ratio'], '.2f', 'x')}",
-                 ""))
+                 "" if not f.get("available")
+                 else f"{x('faust.ingest_ratio')} / {x('faust.burst_ratio')}", ""))
     head = ("figure", "project", "compared with", "ratio", "load")
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -641,13 +712,15 @@ def table(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"load average (1/5/15 min): start {meta['load_average_start']}, "
-                 f"end {meta['load_average_end']} on {meta['cpu_count']} cores; "
+                 f"end {meta.get('load_average_end')} on {meta['cpu_count']} cores; "
                  "absolute figures need a quiet machine, ratios are of this run")
-    p = doc.get("profile")
-    if p:
-        for phase in ("ingest", "burst"):
-            top = ", ".join(f"{r['function']} {r['percent']}%" for r in p[phase]["self"][:3])
-            lines.append(f"profile {phase}: {p[phase]['svg']} (top self: {top})")
+    for phase in ("ingest", "burst"):
+        ranked = get(doc, f"profile.{phase}")
+        if ranked:
+            top = ", ".join(f"{r['function']} {r['percent']}%" for r in ranked["self"][:3])
+            lines.append(f"profile {phase}: {ranked['svg']} (top self: {top})")
+    for key, error in (doc.get("failures") or {}).items():
+        lines.append(f"FAILED {key}: {error[:300]}")
     return "\n".join(lines)
 
 
