@@ -225,6 +225,7 @@ async def pipeline(run: Run, name: str, n: int, *, workers: int = 1, restore: bo
             if spy is not None:
                 result["profile_burst_raw"] = str(spy.finish())
             result["burst"] = {"seconds": round(drained, 3), "per_s": round(n / drained),
+                               "cores_busy": round(cpu_s / drained, 2),
                                "cpu_s": round(cpu_s, 2), "stack_cpu_s": round(broker_cpu_s, 2),
                                "per_cpu_s": round(n / max(cpu_s + broker_cpu_s, 1e-3))}
             run.say(f"{name}: burst {n / drained:,.0f}/s")
@@ -631,13 +632,18 @@ def _scale(result: dict[str, Any], one: dict[str, Any]) -> dict[str, Any]:
             "burst_per_s": result["burst"]["per_s"],
             "ingest_ratio": ratio(result["ingest"]["per_s"], one["ingest"]["per_s"]),
             "burst_ratio": ratio(result["burst"]["per_s"], one["burst"]["per_s"]),
+            # CPU cost per event or fire, and how busy the workers were: a worker that
+            # uses little of a core is waiting (for the broker, or for a shared core).
+            "ingest_per_cpu_s": result["ingest"]["per_cpu_s"],
+            "burst_per_cpu_s": result["burst"]["per_cpu_s"],
+            "burst_cores_busy": round(result["burst"]["cpu_s"] / result["burst"]["seconds"], 2),
             "load_average": result["load_average"]}
 
 
 async def _profile(run: Run, n: int) -> dict[str, Any]:
     result = await pipeline(run, "profile", n, restore=False, profile=True)
     return {
-        "note": "a separate run with py-spy attached (100 Hz, nonblocking); its rates are "
+        "note": "a separate run with py-spy attached (100 Hz); its rates are "
                 "not the figures above",
         "ingest": flame.render(Path(result["profile_raw"]), f"worker during ingest of {n}"),
         "burst": flame.render(Path(result["profile_burst_raw"]), f"worker during a burst of {n}"),
