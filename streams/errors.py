@@ -8,6 +8,7 @@
     ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
     ├── DatabaseError              PostgreSQL rejected a statement (constraint, syntax, rights)
     ├── Fenced                     another instance owns the partition now (zombie fencing)
+    ├── Refused                    an operator command that cannot go ahead (``jobs undo``)
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -47,6 +48,11 @@ class InvalidSchedule(InvalidInput):
         super().__init__(f"{field}: {reason}" if field else reason)
         self.field = field
         self.reason = reason
+
+
+class Refused(SchedulerError):
+    """An operator command that cannot go ahead as asked: an unknown run, a kind that
+    cannot be undone, a run still in progress, a job's lock held by a run."""
 
 
 class ConfigError(SchedulerError):
