@@ -252,7 +252,9 @@ class Runner:
         if job is None or job.paused or attempt >= job.retries.max_attempts:
             return
         late_s = (self.clock() - scheduled_for).total_seconds()
-        if late_s > job.catchup_window_s:
+        # A windowed run resumes whatever its age (it may have spanned several windows);
+        # outside its window the next attempt becomes partial and waits for the next one.
+        if job.run_window is None and late_s > job.catchup_window_s:
             return
         lock = await self.db.job_lock(job.name, shared=job.overlap is Overlap.ALLOW, wait=False)
         if lock is None:

@@ -616,3 +616,41 @@ def test_undo_moves_an_archive_run_back_once_and_records_itself(database: str) -
     assert [r["status"] for r in rows] == ["succeeded"]
     _, archive = asyncio.run(_ids(database))
     assert len(archive) == 30  # the dry run and the refused undo moved nothing
+
+
+def test_the_process_loop_resumes_a_partial_run_once_its_window_opens(database: str) -> None:
+    from streams.processes import jobrunner
+
+    asyncio.run(_seed(database, 12))
+    job = _job(schedule="0 2 * * *", params={"batch_size": 5},
+               run_window={"start": "01:00", "end": "04:00"})
+    reg = registry.Registry((job,))
+    slot = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    clock = _WallClock(datetime(2026, 3, 2, 5, 0, tzinfo=UTC), timedelta(0))
+    emitted: list[JobRun] = []
+
+    async def go() -> list[dict[str, Any]]:
+        db = await Database.connect(database)
+        stop = asyncio.Event()
+        loop = None
+        try:
+            runner = Runner(reg, db, clock=clock, rng=random.Random(1), emit=_append(emitted),
+                            sleep=clock.sleep)
+            await runner.dispatch(job, slot, "schedule", "t", slot)
+            loop = asyncio.create_task(jobrunner._resume_in_windows(runner, stop))
+            clock.at = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)
+
+            async def finished() -> bool:
+                return [r["status"] for r in await db.runs(job.name)] == ["succeeded"]
+
+            await eventually(finished, 30, "the partial run finished in the next window")
+            return await db.runs(job.name)
+        finally:
+            stop.set()
+            if loop is not None:
+                await loop
+            await db.close()
+
+    rows = asyncio.run(go())
+    assert [(r["status"], r["affected"]) for r in rows] == [("succeeded", 12)]
+    assert [r.status for r in emitted] == ["partial", "succeeded"]
