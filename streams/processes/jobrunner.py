@@ -768,6 +768,13 @@ async def run_manual(settings: Settings, registry: Registry, name: str, *,
             rows = [r for r in await db.runs(name) if r["scheduled_for"] == at]
             log.info("manual run not started", extra=fields(
                 job=name, status=rows[0]["status"] if rows else "claimed before"))
+            if rows and rows[0]["status"] == "partial":
+                # Outside its run window: claimed, to be started by the job runner.
+                return JobRun(run_id=jobs.run_id(name, at, 1), job=name, kind=job.kind,
+                              scheduled_for=at, trigger="manual", attempt=1, started_at=None,
+                              finished_at=None, duration_ms=None, status="partial",
+                              error_message=rows[0]["error_message"],
+                              progress=rows[0]["progress"])
             return None
         return await task
     finally:

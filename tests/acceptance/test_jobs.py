@@ -440,3 +440,18 @@ def test_preview_shows_the_next_windows_in_the_zone_and_utc(
         {"opens_at": "2026-03-29T21:00:00Z", "closes_at": "2026-03-30T03:00:00Z",
          "opens_local": "2026-03-29T23:00:00+02:00",
          "closes_local": "2026-03-30T05:00:00+02:00"}]}
+
+
+def test_manual_run_outside_its_window_is_claimed_partial(
+        settings: Settings, database: str, tmp_path: Path) -> None:  # noqa: F811
+    s = _with_db(settings, database)
+    now = datetime.now(UTC)
+    opens, closes = now + timedelta(hours=2), now + timedelta(hours=3)
+    path = _registry(tmp_path, {"name": "later", "run_window": {
+        "start": f"{opens:%H:%M}", "end": f"{closes:%H:%M}"}})
+    run = _cli(s, "jobs", "run", "later", "--registry", str(path))
+    assert (run["status"], run["trigger"], run["started_at"]) == ("partial", "manual", None)
+    assert "claimed outside its run window" in run["error_message"]
+    rows = asyncio.run(_rows(database))
+    assert [(r["job"], r["status"], r["started_at"]) for r in rows] == [
+        ("later", "partial", None)]
