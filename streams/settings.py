@@ -49,9 +49,9 @@ class Settings(BaseModel):
     pg_statement_timeout_ms: int = Field(300_000, ge=0)
     pg_idle_in_transaction_timeout_ms: int = Field(60_000, ge=0)
     pg_command_timeout_s: int = Field(330, ge=0)
-    # The job runner's own pool: small, so maintenance never takes the connections the
-    # user-facing processes need (one holds each running job's lock, one runs its batches).
-    job_db_pool_size: int = Field(3, ge=2, le=50)
+    # The job runner's own pool, apart from the user-facing processes': every running or
+    # queued run holds one connection (its lock), and the batches and claims share the rest.
+    job_db_pool_size: int = Field(10, ge=2, le=100)
     app_id: str = Field("cronorch", pattern=r"^[a-z0-9][a-z0-9.-]*$")
     topics: Topics = Topics()
     task_events_partitions: int = Field(6, ge=1)
