@@ -16,6 +16,9 @@ from schemas.values import Count, InputModel, Instant, NonEmptyStr, OutputModel
 
 JobTriggerKind: TypeAlias = Literal["schedule", "manual", "backfill"]
 JobDisposition: TypeAlias = Literal["run", "coalesced", "missed"]
+# A run's trigger: a JobTrigger's, or ``undo`` (``cronorch jobs undo``, added in v1.3).
+JobRunTrigger: TypeAlias = Literal["schedule", "manual", "backfill", "undo"]
+ProgressValue: TypeAlias = str | int | list[str] | None
 
 
 class JobTrigger(InputModel):
@@ -35,22 +38,28 @@ class JobTrigger(InputModel):
 
 
 class JobRun(OutputModel):
-    """One attempt at a slot, as recorded in the run log."""
+    """One attempt at a slot, as recorded in the run log.
+
+    Added in v1.3: status ``partial`` (stopped between batches at its run window's end, or
+    claimed outside its window; the next window resumes it) with ``progress`` saying where
+    it stopped; trigger ``undo`` with ``undoes``, the archive run it moved back."""
 
     type: Literal["job.run"] = "job.run"
     run_id: NonEmptyStr
     job: NonEmptyStr
     kind: NonEmptyStr
     scheduled_for: Instant
-    trigger: JobTriggerKind
+    trigger: JobRunTrigger
     attempt: int = Field(ge=1, strict=True)
     started_at: Instant | None
     finished_at: Instant | None
     duration_ms: Count | None
-    status: Literal["succeeded", "failed", "skipped", "missed"]
+    status: Literal["succeeded", "failed", "skipped", "missed", "partial"]
     processed: Count = 0
     affected: Count = 0
     before: dict[str, int] = Field(default_factory=dict)
     after: dict[str, int] = Field(default_factory=dict)
     error_class: str | None = None
     error_message: str | None = None
+    progress: dict[str, ProgressValue] = Field(default_factory=dict)
+    undoes: str | None = None

@@ -12,6 +12,7 @@
     │   ├── RecordRejected         one record (too large, invalid): dead-letter it, go on
     │   └── NotAuthorized          the credentials lack a right: stop with a clear error
     ├── ComponentStopped           a long-running part of a process ended on its own: exit
+    ├── Refused                    an operator command that cannot go ahead (``jobs undo``)
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -51,6 +52,11 @@ class InvalidSchedule(InvalidInput):
         super().__init__(f"{field}: {reason}" if field else reason)
         self.field = field
         self.reason = reason
+
+
+class Refused(SchedulerError):
+    """An operator command that cannot go ahead as asked: an unknown run, a kind that
+    cannot be undone, a run still in progress, a job's lock held by a run."""
 
 
 class ConfigError(SchedulerError):

@@ -49,6 +49,9 @@ class Settings(BaseModel):
     pg_statement_timeout_ms: int = Field(300_000, ge=0)
     pg_idle_in_transaction_timeout_ms: int = Field(60_000, ge=0)
     pg_command_timeout_s: int = Field(330, ge=0)
+    # The job runner's own pool, apart from the user-facing processes': every running or
+    # queued run holds one connection (its lock), and the batches and claims share the rest.
+    job_db_pool_size: int = Field(10, ge=2, le=100)
     app_id: str = Field("cronorch", pattern=r"^[a-z0-9][a-z0-9.-]*$")
     topics: Topics = Topics()
     task_events_partitions: int = Field(6, ge=1)
@@ -138,6 +141,7 @@ ENV: dict[str, str] = {
     "pg_statement_timeout_ms": "PG_STATEMENT_TIMEOUT_MS",
     "pg_idle_in_transaction_timeout_ms": "PG_IDLE_IN_TRANSACTION_TIMEOUT_MS",
     "pg_command_timeout_s": "PG_COMMAND_TIMEOUT_S",
+    "job_db_pool_size": "JOB_DB_POOL_SIZE",
     "app_id": "CRONORCH_APP_ID",
     "task_events_partitions": "TASK_EVENTS_PARTITIONS",
     "timeline_partitions": "TIMELINE_PARTITIONS",

@@ -46,8 +46,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     preview.add_argument("--count", type=int, default=10)
     preview.add_argument("--from", dest="start", type=console.instant, default=None,
                          help="list slots after this instant (default: now)")
+    preview.add_argument("--windows", type=int, default=5,
+                         help="how many run windows to list (jobs with a run_window)")
     run = with_registry(jobs_sub.add_parser("run", help="run a job now (trigger 'manual')"))
     run.add_argument("name")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print what a run would touch (rows, oldest, newest); touch nothing")
+    undo = with_registry(jobs_sub.add_parser(
+        "undo", help="move the rows an archive run archived back into tasks"))
+    undo.add_argument("run_id", metavar="RUN_ID", help="job@scheduled_for (#attempt optional)")
+    undo.add_argument("--dry-run", action="store_true",
+                      help="print what the undo would move; move nothing")
     pause = with_registry(jobs_sub.add_parser("pause", help="defer a job's slots until resumed"))
     pause.add_argument("name")
     pause.add_argument("--reason", required=True)
@@ -87,8 +96,18 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
                 break
             slots.append({"scheduled_for": jobs.z(at),
                           "local": at.astimezone(job.tz).isoformat()})
-        console.print_json({"job": job.name, "schedule": job.schedule.text,
-                            "timezone": job.timezone, "slots": slots})
+        out: dict[str, Any] = {"job": job.name, "schedule": job.schedule.text,
+                               "timezone": job.timezone, "slots": slots}
+        if job.run_window is not None:
+            windows: list[dict[str, str]] = []
+            for opens, closes in job.windows(start):
+                if len(windows) == args.windows:
+                    break
+                windows.append({"opens_at": jobs.z(opens), "closes_at": jobs.z(closes),
+                                "opens_local": opens.astimezone(job.tz).isoformat(),
+                                "closes_local": closes.astimezone(job.tz).isoformat()})
+            out["run_window"] = {"window": job.run_window.text(), "windows": windows}
+        console.print_json(out)
         return 0
     return asyncio.run(_database_command(args, settings, reg))
 
@@ -110,6 +129,13 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
     from streams.postgres.database import Database
     from streams.processes import jobrunner
 
+    if args.action == "run" and args.dry_run:
+        console.print_json(await jobrunner.dry_run(settings, reg, args.name))
+        return 0
+    if args.action == "undo":
+        result = await jobrunner.undo(settings, reg, args.run_id, dry_run=args.dry_run)
+        console.print_json(result)
+        return 0 if result.get("status", "succeeded") == "succeeded" else 1
     if args.action == "run":
         reg.get(args.name)
         run = await jobrunner.run_manual(settings, reg, args.name)
@@ -117,7 +143,7 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
             console.print_json({"job": args.name, "started": False})
             return 1
         console.print_json(run.model_dump(mode="json"))
-        return 0 if run.status == "succeeded" else 1
+        return 0 if run.status in ("succeeded", "partial") else 1
     db = await Database.open(settings)
     try:
         if args.action == "list":

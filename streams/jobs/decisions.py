@@ -11,7 +11,11 @@ Owns
 - deterministic ids for triggers and runs;
 - the built-in kinds (``archive_completed``, ``purge_expired``, ``noop``) as orchestration
   of batches over the ``DataStore`` port; ``MemoryDataStore`` is its in-memory twin and
-  ``streams.postgres.database.Database`` the real one (one contract suite runs against both).
+  ``streams.postgres.database.Database`` the real one (one contract suite runs against both);
+- stopping between batches when the caller says so (a run window closing: ``Proceed``),
+  what a stopped run records (``Outcome.progress``) and how the next window resumes it;
+- undoing an archive run (``undo_archive``, rows tagged with ``archive_tag``) and what a run
+  or an undo would touch (``preview``, ``undo_preview``) without touching it.
 
 Must not read the clock or draw randomness of its own (time and a ``random.Random`` are
 passed in), and must not import a driver: IO happens behind the port.
@@ -24,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from streams.errors import TransientError
 from streams.jobs.registry import Coalesce, Job, Overlap, Retries
@@ -157,7 +161,48 @@ def run_id(job: str, scheduled_for: datetime, attempt: int) -> str:
     return f"{job}@{z(scheduled_for)}#{attempt}"
 
 
+def archive_tag(job: str, scheduled_for: datetime) -> str:
+    """The id every row an archive run moves carries: the slot, across its attempts and
+    windows (``job@scheduled_for``, the run id without ``#attempt``)."""
+    return f"{job}@{z(scheduled_for)}"
+
+
+def parse_run_id(text: str) -> tuple[str, datetime]:
+    """``job@scheduled_for`` or ``job@scheduled_for#attempt`` → (job, scheduled_for);
+    ValueError naming what is wrong."""
+    job, at, rest = text.partition("@")
+    if not at or not job:
+        raise ValueError(f"run id {text!r} is not job@scheduled_for[#attempt]")
+    instant = rest.split("#", 1)[0]
+    try:
+        scheduled_for = datetime.fromisoformat(instant.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"run id {text!r}: {instant!r} is not an RFC 3339 instant") from None
+    if scheduled_for.tzinfo is None:
+        raise ValueError(f"run id {text!r}: {instant!r} has no offset (use Z)")
+    return job, scheduled_for.astimezone(UTC)
+
+
 # --- built-in kinds --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """What a run would touch in one table: how many rows, the oldest and newest of them
+    (by the instant the job compares); ``blocked``: rows an undo cannot move back."""
+
+    rows: int
+    oldest: datetime | None
+    newest: datetime | None
+    blocked: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rows": self.rows,
+                               "oldest": None if self.oldest is None else z(self.oldest),
+                               "newest": None if self.newest is None else z(self.newest)}
+        if self.blocked:
+            out["blocked"] = self.blocked
+        return out
 
 
 class DataStore(Protocol):
@@ -166,11 +211,19 @@ class DataStore(Protocol):
     async def archive_counts(self, cutoff: datetime) -> dict[str, int]: ...
 
     async def archive_batch(self, cutoff: datetime, batch_size: int,
-                            archived_at: datetime) -> int: ...
+                            archived_at: datetime, tag: str | None = None) -> int: ...
+
+    async def archive_preview(self, cutoff: datetime) -> Touch: ...
 
     async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]: ...
 
     async def purge_batch(self, target: str, cutoff: datetime, batch_size: int) -> int: ...
+
+    async def purge_preview(self, cutoffs: Mapping[str, datetime]) -> dict[str, Touch]: ...
+
+    async def undo_batch(self, tag: str, batch_size: int) -> int: ...
+
+    async def undo_preview(self, tag: str) -> Touch: ...
 
 
 PURGE_TARGETS = {  # target → the param holding its retention in days
@@ -188,21 +241,42 @@ class Outcome:
     batches: int = 0
     before: dict[str, int] = field(default_factory=dict)
     after: dict[str, int] = field(default_factory=dict)
+    stopped: bool = False  # stopped between batches (the window closed): to be resumed
+    progress: dict[str, Any] = field(default_factory=dict)  # where it stopped, what is done
 
 
 Sleep = Callable[[float], Awaitable[None]]
+Proceed = Callable[[], Awaitable[bool]]  # before each batch: False stops the run there
+
+
+async def _always() -> bool:
+    return True
+
+
+def cutoffs_of(job: Job, scheduled_for: datetime) -> dict[str, datetime]:
+    """The instant each target of a purge compares against, relative to the slot."""
+    return {t: scheduled_for - timedelta(days=int(job.params[p]))
+            for t, p in PURGE_TARGETS.items()}
 
 
 async def run_kind(job: Job, store: DataStore, scheduled_for: datetime, attempt: int,
-                   sleep: Sleep) -> Outcome:
-    """Run one attempt of ``job`` for its slot ``scheduled_for`` (the slot is "now")."""
+                   sleep: Sleep, *, proceed: Proceed = _always,
+                   progress: Mapping[str, Any] | None = None) -> Outcome:
+    """Run one attempt of ``job`` for its slot ``scheduled_for`` (the slot is "now").
+
+    ``proceed`` is asked before every batch; when it says no the outcome is ``stopped`` with
+    ``progress`` saying where. ``progress`` from a stopped run resumes it (a purge skips the
+    targets it finished; an archive's cutoff is the slot's, so it picks up the rest).
+    """
     if job.kind == "archive_completed":
         return await archive_completed(store, scheduled_for, int(job.params["older_than_days"]),
-                                       int(job.params["batch_size"]))
+                                       int(job.params["batch_size"]),
+                                       tag=archive_tag(job.name, scheduled_for), proceed=proceed)
     if job.kind == "purge_expired":
-        cutoffs = {t: scheduled_for - timedelta(days=int(job.params[p]))
-                   for t, p in PURGE_TARGETS.items()}
-        return await purge_expired(store, cutoffs, int(job.params["batch_size"]))
+        done = (progress or {}).get("done_targets", [])
+        return await purge_expired(store, cutoffs_of(job, scheduled_for),
+                                   int(job.params["batch_size"]), proceed=proceed,
+                                   done=[str(t) for t in done] if isinstance(done, list) else [])
     if job.kind == "noop":
         await sleep(float(job.params["sleep_s"]))
         if attempt <= int(job.params["fail_attempts"]):
@@ -212,16 +286,26 @@ async def run_kind(job: Job, store: DataStore, scheduled_for: datetime, attempt:
 
 
 async def archive_completed(store: DataStore, now: datetime, older_than_days: int,
-                            batch_size: int) -> Outcome:
-    """Move tasks completed before ``now - older_than_days`` into the archive, batch by batch.
+                            batch_size: int, *, tag: str | None = None,
+                            proceed: Proceed = _always) -> Outcome:
+    """Move tasks completed before ``now - older_than_days`` into the archive, batch by batch,
+    each row tagged with ``tag`` (the run, for ``undo_archive``).
 
     Re-running is a no-op once nothing is eligible; a batch interrupted by a failure rolls
-    back whole, so a retry continues where the last committed batch ended.
+    back whole, so a retry continues where the last committed batch ended. Stopped by
+    ``proceed``, the progress says the oldest row left (where the next window resumes).
     """
     cutoff = now - timedelta(days=older_than_days)
     outcome = Outcome(before=await store.archive_counts(cutoff))
     while True:
-        moved = await store.archive_batch(cutoff, batch_size, now)
+        if not await proceed():
+            left = await store.archive_preview(cutoff)
+            outcome.stopped = True
+            outcome.progress = {"stopped_at": "tasks", "rows_left": left.rows,
+                                "next_completed_at": None if left.oldest is None
+                                else z(left.oldest)}
+            break
+        moved = await store.archive_batch(cutoff, batch_size, now, tag)
         outcome.batches += 1
         outcome.processed += moved
         outcome.affected += moved
@@ -232,19 +316,64 @@ async def archive_completed(store: DataStore, now: datetime, older_than_days: in
 
 
 async def purge_expired(store: DataStore, cutoffs: Mapping[str, datetime],
-                        batch_size: int) -> Outcome:
-    """Delete what is past its retention from each target, batch by batch."""
+                        batch_size: int, *, proceed: Proceed = _always,
+                        done: list[str] | None = None) -> Outcome:
+    """Delete what is past its retention from each target, batch by batch; the targets in
+    ``done`` (finished in an earlier window) are skipped."""
+    finished = list(done or [])
     outcome = Outcome(before=await store.purge_counts(cutoffs))
     for target, cutoff in cutoffs.items():
+        if target in finished:
+            continue
         while True:
+            if not await proceed():
+                outcome.stopped = True
+                outcome.progress = {"stopped_at": target, "done_targets": finished}
+                outcome.after = await store.purge_counts(cutoffs)
+                return outcome
             deleted = await store.purge_batch(target, cutoff, batch_size)
             outcome.batches += 1
             outcome.processed += deleted
             outcome.affected += deleted
             if deleted < batch_size:
                 break
+        finished.append(target)
     outcome.after = await store.purge_counts(cutoffs)
     return outcome
+
+
+async def undo_archive(store: DataStore, tag: str, batch_size: int, *,
+                       proceed: Proceed = _always) -> Outcome:
+    """Move the rows archive run ``tag`` archived back into tasks, batch by batch (one
+    transaction each). Idempotent: a second undo finds nothing tagged and moves nothing. Rows
+    whose task id or occurrence is in tasks again stay archived and are counted ``blocked``."""
+    outcome = Outcome(before=_undo_counts(await store.undo_preview(tag)))
+    while True:
+        if not await proceed():
+            outcome.stopped = True
+            break
+        moved = await store.undo_batch(tag, batch_size)
+        outcome.batches += 1
+        outcome.processed += moved
+        outcome.affected += moved
+        if moved < batch_size:
+            break
+    outcome.after = _undo_counts(await store.undo_preview(tag))
+    return outcome
+
+
+def _undo_counts(touch: Touch) -> dict[str, int]:
+    return {"archived_by_run": touch.rows, "blocked": touch.blocked}
+
+
+async def preview(job: Job, store: DataStore, scheduled_for: datetime) -> dict[str, Touch]:
+    """What a run of ``job`` for ``scheduled_for`` would touch, per table; touches nothing."""
+    if job.kind == "archive_completed":
+        cutoff = scheduled_for - timedelta(days=int(job.params["older_than_days"]))
+        return {"tasks": await store.archive_preview(cutoff)}
+    if job.kind == "purge_expired":
+        return await store.purge_preview(cutoffs_of(job, scheduled_for))
+    return {}
 
 
 @dataclass
@@ -262,6 +391,10 @@ class MemoryDataStore:
     dead_letters: dict[str, datetime] = field(default_factory=dict)
     outbox: dict[str, datetime] = field(default_factory=dict)
 
+    def _touch(self, instants: list[datetime], blocked: int = 0) -> Touch:
+        return Touch(len(instants), min(instants, default=None), max(instants, default=None),
+                     blocked)
+
     def _eligible(self, cutoff: datetime) -> list[str]:
         rows = [(t["completed_at"], k) for k, t in self.tasks.items()
                 if t["status"] == "completed" and isinstance(t["completed_at"], datetime)
@@ -273,11 +406,48 @@ class MemoryDataStore:
                 "tasks_archive": len(self.archive)}
 
     async def archive_batch(self, cutoff: datetime, batch_size: int,
-                            archived_at: datetime) -> int:
+                            archived_at: datetime, tag: str | None = None) -> int:
         keys = self._eligible(cutoff)[:batch_size]
         for key in keys:
-            self.archive[key] = {**self.tasks.pop(key), "archived_at": archived_at}
+            self.archive[key] = {**self.tasks.pop(key), "archived_at": archived_at,
+                                 "archive_run_id": tag}
         return len(keys)
+
+    async def archive_preview(self, cutoff: datetime) -> Touch:
+        return self._touch([_instant(self.tasks[k]["completed_at"])
+                            for k in self._eligible(cutoff)])
+
+    def _tagged(self, tag: str) -> tuple[list[str], list[str]]:
+        """(movable, blocked) keys of rows archived by ``tag``, in task id order."""
+        movable: list[str] = []
+        blocked: list[str] = []
+        for key in sorted(k for k, row in self.archive.items()
+                          if row.get("archive_run_id") == tag):
+            (blocked if key in self.tasks else movable).append(key)
+        return movable, blocked
+
+    async def undo_batch(self, tag: str, batch_size: int) -> int:
+        keys = self._tagged(tag)[0][:batch_size]
+        for key in keys:
+            row = dict(self.archive.pop(key))
+            row.pop("archived_at", None)
+            row.pop("archive_run_id", None)
+            self.tasks[key] = row
+        return len(keys)
+
+    async def undo_preview(self, tag: str) -> Touch:
+        movable, blocked = self._tagged(tag)
+        return self._touch([_instant(self.archive[k]["completed_at"])
+                            for k in movable + blocked], len(blocked))
+
+    async def purge_preview(self, cutoffs: Mapping[str, datetime]) -> dict[str, Touch]:
+        out: dict[str, Touch] = {}
+        for target, cutoff in cutoffs.items():
+            table = self._table(target)
+            instants = [_instant(self.archive[k]["archived_at"]) if target == "tasks_archive"
+                        else _instant(table[k]) for k in self._expired(target, cutoff)]
+            out[target] = self._touch(instants)
+        return out
 
     def _expired(self, target: str, cutoff: datetime) -> list[str]:
         if target == "tasks_archive":
@@ -306,3 +476,8 @@ class MemoryDataStore:
             return self.archive
         return {"job_runs": self.job_runs, "dead_letters": self.dead_letters,
                 "outbox": self.outbox}[target]
+
+
+def _instant(value: object) -> datetime:
+    assert isinstance(value, datetime)
+    return value

@@ -9,7 +9,9 @@ Rules beyond per-key checks:
 - a heavy kind may not fire more often than its kind allows (``KindSpec.min_interval_s``);
 - two heavy jobs may not have overlapping windows, a window being ``[fire, fire + timeout_s)``,
   checked over every fire of a sample year (``SAMPLE_START`` .. ``SAMPLE_END``) in each
-  job's zone with its DST policy.
+  job's zone with its DST policy;
+- a ``run_window`` must be at least one batch long (``batch_timeout_s``) and the schedule
+  must fire inside it at least once in the sample year.
 
 Must not read the clock or do IO beyond reading the file it is given (``load``); imports only
 PyYAML, the standard library and the time core.
@@ -32,6 +34,7 @@ import yaml
 from streams.errors import ConfigError, InvalidSchedule
 from streams.timecore.cron import CronExpression, parse_cron
 from streams.timecore.localtime import RFC5545, Ambiguous, DstPolicy, Nonexistent, zone
+from streams.timecore.window import DailyWindow, parse_hhmm
 
 E = TypeVar("E", bound=StrEnum)
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -41,6 +44,8 @@ MAX_TIMEOUT_S = 24 * 3600
 MAX_CATCHUP_WINDOW_S = 7 * 24 * 3600
 MAX_ATTEMPTS = 20
 MAX_DELAY_S = 3600.0
+DEFAULT_BATCH_TIMEOUT_S = 300
+MAX_BATCH_PAUSE_S = 60.0
 
 
 class Overlap(StrEnum):
@@ -132,10 +137,25 @@ class Job:
     coalesce: Coalesce = Coalesce.LATEST
     retries: Retries = Retries()
     paused: bool = False
+    run_window: DailyWindow | None = None  # starts only inside; stops between batches at its end
+    batch_timeout_s: int = DEFAULT_BATCH_TIMEOUT_S  # one batch (one transaction) at most
+    batch_pause_s: float = 0.0  # pacing: the runner waits this long between two batches
 
     @property
     def tz(self) -> ZoneInfo:
         return zone(self.timezone)
+
+    def window_containing(self, at: datetime) -> tuple[datetime, datetime] | None:
+        """The run window ``at`` is in; ``(at, never)`` for a job without a window."""
+        if self.run_window is None:
+            return at, datetime.max.replace(tzinfo=UTC)
+        return self.run_window.containing(at, self.tz, self.dst_policy)
+
+    def windows(self, after: datetime) -> Iterator[tuple[datetime, datetime]]:
+        """The run windows not closed at ``after``, in order (none without a window)."""
+        if self.run_window is None:
+            return iter(())
+        return self.run_window.windows(after, self.tz, self.dst_policy)
 
     @property
     def heavy(self) -> bool:
@@ -162,7 +182,8 @@ class Registry:
 
 
 _JOB_KEYS = ("name", "kind", "schedule", "timezone", "dst_policy", "params", "timeout_s",
-             "overlap", "catchup_window_s", "coalesce", "retries", "paused")
+             "overlap", "catchup_window_s", "coalesce", "retries", "paused", "run_window",
+             "batch_timeout_s", "batch_pause_s")
 _REQUIRED = ("name", "kind", "schedule")
 
 
@@ -245,18 +266,72 @@ def _job(at: str, raw: object) -> Job:
             f"{kind} may run at most once every {spec.min_interval_s} s; "
             f"{schedule.text!r} fires every {interval_s} s")
     retries = _retries(f"{at}.retries", raw.get("retries", {}))
+    timeout_s = _int(f"{at}.timeout_s", raw.get("timeout_s", 600), 1, MAX_TIMEOUT_S)
+    batch_timeout_s = _int(f"{at}.batch_timeout_s",
+                           raw.get("batch_timeout_s", min(DEFAULT_BATCH_TIMEOUT_S, timeout_s)),
+                           1, MAX_TIMEOUT_S)
+    if batch_timeout_s > timeout_s:
+        raise ConfigError(f"{at}.batch_timeout_s",
+                          f"{batch_timeout_s} exceeds timeout_s {timeout_s}")
+    dst_policy = _dst_policy(f"{at}.dst_policy", raw.get("dst_policy", {}))
+    run_window = _run_window(f"{at}.run_window", raw.get("run_window"), batch_timeout_s)
+    if run_window is not None:
+        _check_fires_inside(f"{at}.run_window", schedule, timezone, dst_policy, run_window)
     return Job(
         name=name, kind=kind, schedule=schedule, timezone=timezone,
-        dst_policy=_dst_policy(f"{at}.dst_policy", raw.get("dst_policy", {})),
+        dst_policy=dst_policy,
         params=_params(f"{at}.params", kind, spec, raw.get("params", {})),
-        timeout_s=_int(f"{at}.timeout_s", raw.get("timeout_s", 600), 1, MAX_TIMEOUT_S),
+        timeout_s=timeout_s,
         overlap=_choice(f"{at}.overlap", raw.get("overlap", "skip"), Overlap),
         catchup_window_s=_int(f"{at}.catchup_window_s", raw.get("catchup_window_s", 3600),
                               0, MAX_CATCHUP_WINDOW_S),
         coalesce=_choice(f"{at}.coalesce", raw.get("coalesce", "latest"), Coalesce),
         retries=retries,
         paused=_bool(f"{at}.paused", raw.get("paused", False)),
+        run_window=run_window, batch_timeout_s=batch_timeout_s,
+        batch_pause_s=_number(f"{at}.batch_pause_s", raw.get("batch_pause_s", 0.0),
+                              0.0, MAX_BATCH_PAUSE_S),
     )
+
+
+def _run_window(at: str, raw: object, batch_timeout_s: int) -> DailyWindow | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(at, "must be a mapping {start: \"HH:MM\", end: \"HH:MM\"}")
+    for key in raw:
+        if key not in ("start", "end"):
+            raise ConfigError(f"{at}.{key}", "unknown key; known keys: start, end")
+    edges = []
+    for key in ("start", "end"):
+        if key not in raw:
+            raise ConfigError(f"{at}.{key}", "is required")
+        try:
+            edges.append(parse_hhmm(raw[key]))
+        except ValueError as exc:
+            raise ConfigError(f"{at}.{key}", str(exc)) from None
+    if edges[0] == edges[1]:
+        raise ConfigError(f"{at}.end", "equals start: a window needs a length (omit "
+                          "run_window to run at any time)")
+    window = DailyWindow(edges[0], edges[1])
+    if window.length_s < batch_timeout_s:
+        raise ConfigError(at, f"the window {window.text()} is {window.length_s} s long, "
+                          f"shorter than one batch's timeout (batch_timeout_s "
+                          f"{batch_timeout_s} s)")
+    return window
+
+
+def _check_fires_inside(at: str, schedule: CronExpression, timezone: str, policy: DstPolicy,
+                        window: DailyWindow) -> None:
+    """Reject a schedule none of whose fires in the sample year falls inside the window."""
+    tz = zone(timezone)
+    for fire in schedule.fires(SAMPLE_START - timedelta(microseconds=1), tz, policy):
+        if fire >= SAMPLE_END:
+            break
+        if window.containing(fire, tz, policy) is not None:
+            return
+    raise ConfigError(at, f"schedule {schedule.text!r} never fires inside the window "
+                      f"{window.text()} {timezone}")
 
 
 def _params(at: str, kind: str, spec: KindSpec, raw: object) -> Mapping[str, int | float]:
@@ -408,4 +483,7 @@ def as_document(job: Job) -> dict[str, Any]:
                     "base_delay_s": job.retries.base_delay_s,
                     "max_delay_s": job.retries.max_delay_s},
         "paused": job.paused,
+        "run_window": None if job.run_window is None else {
+            "start": f"{job.run_window.start:%H:%M}", "end": f"{job.run_window.end:%H:%M}"},
+        "batch_timeout_s": job.batch_timeout_s, "batch_pause_s": job.batch_pause_s,
     }

@@ -32,6 +32,7 @@ import asyncpg
 import orjson
 
 from streams.errors import DatabaseError, DatabaseUnavailable
+from streams.jobs.decisions import Touch
 from streams.settings import Settings
 from streams.telemetry.logs import fields
 
@@ -205,9 +206,10 @@ class Claim:
     trigger: str
     trigger_id: str
     tick_at: datetime | None
-    status: str  # 'running' | 'queued' | 'skipped' | 'missed'
+    status: str  # 'running' | 'queued' | 'partial' | 'skipped' | 'missed'
     runner_id: str
     note: str | None = None
+    undoes: str | None = None  # an undo run: the run it undoes
 
 
 class SchemaBehind(DatabaseError):
@@ -372,8 +374,36 @@ class Database:
             "claim_slot", claim.job, claim.scheduled_for, claim.kind, claim.trigger,
             claim.trigger_id, claim.tick_at, claim.status, claim.runner_id,
             lock.pid if lock else None, lock.backend_start if lock else None, claim.note,
-            finished_at)
+            finished_at, claim.undoes)
         return job is not None
+
+    async def partial_runs(self) -> list[dict[str, Any]]:
+        """Runs waiting for their next window (stopped at a window's end, or claimed outside
+        one), oldest slot first."""
+        return [dict(r) for r in await self.fetch("partial_runs")]
+
+    async def reclaim_partial(self, job: str, scheduled_for: datetime, runner_id: str,
+                              lock: JobLock) -> dict[str, Any] | None:
+        """Take a partial run to resume it on ``lock``'s session: its attempt, counts so far
+        and progress; None if another runner took it first."""
+        row = await self.fetchrow("reclaim_partial", job, scheduled_for, runner_id, lock.pid,
+                                  lock.backend_start)
+        if row is None:
+            return None
+        out = dict(row)
+        for key in ("before", "progress"):
+            if isinstance(out[key], str):
+                out[key] = orjson.loads(out[key])
+        return out
+
+    async def run_row(self, job: str, scheduled_for: datetime) -> dict[str, Any] | None:
+        row = await self.fetchrow("job_run", job, scheduled_for)
+        if row is None:
+            return None
+        out = dict(row)
+        if isinstance(out["progress"], str):
+            out["progress"] = orjson.loads(out["progress"])
+        return out
 
     async def reclaim_abandoned(self, job: str, scheduled_for: datetime, runner_id: str,
                                 lock: JobLock) -> int | None:
@@ -393,11 +423,13 @@ class Database:
                      attempt: int, started_at: datetime | None, finished_at: datetime,
                      duration_ms: int | None, processed: int, affected: int,
                      before: Mapping[str, int], after: Mapping[str, int],
-                     error_class: str | None, error_message: str | None) -> bool:
+                     error_class: str | None, error_message: str | None,
+                     progress: Mapping[str, Any] | None = None) -> bool:
         row = await self.fetchval(
             "finish_run", job, scheduled_for, status, attempt, started_at, finished_at,
             duration_ms, processed, affected, orjson.dumps(dict(before)).decode(),
-            orjson.dumps(dict(after)).decode(), error_class, error_message, runner_id)
+            orjson.dumps(dict(after)).decode(), error_class, error_message, runner_id,
+            orjson.dumps(dict(progress or {})).decode())
         return row is not None
 
     async def waiting_exists(self, job: str) -> bool:
@@ -410,7 +442,7 @@ class Database:
     async def runs(self, job: str) -> list[dict[str, Any]]:
         rows = [dict(r) for r in await self.fetch("job_runs", job)]
         for row in rows:
-            for key in ("before", "after"):
+            for key in ("before", "after", "progress"):
                 if isinstance(row[key], str):
                     row[key] = orjson.loads(row[key])
         return rows
@@ -450,8 +482,26 @@ class Database:
         return {k: int(v) for k, v in dict(row).items()}
 
     async def archive_batch(self, cutoff: datetime, batch_size: int,
-                            archived_at: datetime) -> int:
-        return int(await self.fetchval("archive_batch", cutoff, batch_size, archived_at))
+                            archived_at: datetime, tag: str | None = None) -> int:
+        return int(await self.fetchval("archive_batch", cutoff, batch_size, archived_at, tag))
+
+    async def archive_preview(self, cutoff: datetime) -> Touch:
+        row = await self.fetchrow("archive_preview", cutoff)
+        return Touch(int(row["rows"]), row["oldest"], row["newest"])
+
+    async def purge_preview(self, cutoffs: Mapping[str, datetime]) -> dict[str, Touch]:
+        row = await self.fetchrow("purge_preview", cutoffs["tasks_archive"],
+                                  cutoffs["job_runs"], cutoffs["dead_letters"],
+                                  cutoffs["outbox"])
+        return {t: Touch(int(row[f"{t}_rows"]), row[f"{t}_oldest"], row[f"{t}_newest"])
+                for t in ("tasks_archive", "job_runs", "dead_letters", "outbox")}
+
+    async def undo_batch(self, tag: str, batch_size: int) -> int:
+        return int(await self.fetchval("undo_batch", tag, batch_size))
+
+    async def undo_preview(self, tag: str) -> Touch:
+        row = await self.fetchrow("undo_preview", tag)
+        return Touch(int(row["rows"]), row["oldest"], row["newest"], int(row["blocked"]))
 
     async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
         row = await self.fetchrow("purge_counts", cutoffs["tasks_archive"],

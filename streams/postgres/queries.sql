@@ -40,8 +40,8 @@ SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
 
 -- name: claim_slot
 INSERT INTO job_runs (job, scheduled_for, kind, trigger, trigger_id, tick_at, status, runner_id,
-                      backend_pid, backend_start, error_message, finished_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                      backend_pid, backend_start, error_message, finished_at, undoes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (job, scheduled_for) DO NOTHING
 RETURNING job;
 
@@ -56,9 +56,25 @@ RETURNING job;
 UPDATE job_runs
    SET status = $3, attempt = $4, started_at = COALESCE(started_at, $5), finished_at = $6,
        duration_ms = $7, processed = $8, affected = $9, before = $10, after = $11,
-       error_class = $12, error_message = $13
+       error_class = $12, error_message = $13, progress = $15
  WHERE job = $1 AND scheduled_for = $2 AND runner_id = $14 AND status IN ('queued', 'running')
 RETURNING job;
+
+-- name: partial_runs
+-- Runs stopped at their window's end (or claimed outside it), oldest first.
+SELECT job, scheduled_for, kind, trigger, attempt
+  FROM job_runs WHERE status = 'partial' ORDER BY scheduled_for, job;
+
+-- name: reclaim_partial
+UPDATE job_runs
+   SET status = 'running', runner_id = $3, backend_pid = $4, backend_start = $5,
+       finished_at = NULL
+ WHERE job = $1 AND scheduled_for = $2 AND status = 'partial'
+RETURNING attempt, processed, affected, before, progress;
+
+-- name: job_run
+SELECT job, scheduled_for, kind, trigger, attempt, status, processed, affected, progress, undoes
+  FROM job_runs WHERE job = $1 AND scheduled_for = $2;
 
 -- name: waiting_exists
 SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = $1 AND status = 'queued');
@@ -109,7 +125,7 @@ UPDATE job_state SET resume_from = NULL WHERE job = $1 AND NOT paused;
 -- name: job_runs
 SELECT job, scheduled_for, kind, trigger, trigger_id, tick_at, attempt, status, started_at,
        finished_at, duration_ms, processed, affected, before, after, error_class, error_message,
-       runner_id
+       runner_id, progress, undoes
   FROM job_runs WHERE job = $1 ORDER BY scheduled_for;
 
 -- name: last_runs
@@ -134,9 +150,9 @@ WITH picked AS (
 ), archived AS (
     INSERT INTO tasks_archive (task_id, user_id, version, title, status, completed_at, due_at,
                                due_date, reminders, recurrence, series_id, occurrence_key,
-                               created_at, updated_at, archived_at)
+                               created_at, updated_at, archived_at, archive_run_id)
     SELECT task_id, user_id, version, title, status, completed_at, due_at, due_date, reminders,
-           recurrence, series_id, occurrence_key, created_at, updated_at, $3
+           recurrence, series_id, occurrence_key, created_at, updated_at, $3, $4
       FROM moved
     ON CONFLICT (task_id) DO UPDATE
        SET user_id = EXCLUDED.user_id, version = EXCLUDED.version, title = EXCLUDED.title,
@@ -145,21 +161,80 @@ WITH picked AS (
            reminders = EXCLUDED.reminders, recurrence = EXCLUDED.recurrence,
            series_id = EXCLUDED.series_id, occurrence_key = EXCLUDED.occurrence_key,
            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-           archived_at = EXCLUDED.archived_at
+           archived_at = EXCLUDED.archived_at, archive_run_id = EXCLUDED.archive_run_id
     RETURNING 1
 )
 SELECT count(*) FROM archived;
+
+-- name: archive_preview
+SELECT count(*) AS rows, min(completed_at) AS oldest, max(completed_at) AS newest
+  FROM tasks WHERE status = 'completed' AND completed_at < $1;
+
+-- name: undo_preview
+-- Rows a run archived; `blocked`: those whose task id (or occurrence) is back in tasks.
+SELECT count(*) AS rows, min(a.completed_at) AS oldest, max(a.completed_at) AS newest,
+       count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM tasks t WHERE t.task_id = a.task_id
+               OR (a.series_id IS NOT NULL AND t.series_id = a.series_id
+                   AND t.occurrence_key = a.occurrence_key))) AS blocked
+  FROM tasks_archive a WHERE a.archive_run_id = $1;
+
+-- name: undo_batch
+-- One batch of a run's archived rows back into tasks, in one statement (one transaction).
+-- Rows whose task id or occurrence is in tasks again stay archived (counted as blocked).
+WITH picked AS (
+    SELECT a.task_id FROM tasks_archive a
+     WHERE a.archive_run_id = $1
+       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = a.task_id
+                          OR (a.series_id IS NOT NULL AND t.series_id = a.series_id
+                              AND t.occurrence_key = a.occurrence_key))
+     ORDER BY a.task_id
+     LIMIT $2
+       FOR UPDATE OF a SKIP LOCKED
+), moved AS (
+    DELETE FROM tasks_archive a USING picked p WHERE a.task_id = p.task_id
+    RETURNING a.*
+), restored AS (
+    INSERT INTO tasks (task_id, user_id, version, title, status, completed_at, due_at, due_date,
+                       reminders, recurrence, series_id, occurrence_key, created_at, updated_at)
+    SELECT task_id, user_id, version, title, status, completed_at, due_at, due_date, reminders,
+           recurrence, series_id, occurrence_key, created_at, updated_at
+      FROM moved
+    RETURNING 1
+)
+SELECT count(*) FROM restored;
 
 -- name: purge_counts
 SELECT (SELECT count(*) FROM tasks_archive) AS tasks_archive,
        (SELECT count(*) FROM tasks_archive WHERE archived_at < $1) AS tasks_archive_expired,
        (SELECT count(*) FROM job_runs) AS job_runs,
        (SELECT count(*) FROM job_runs
-         WHERE finished_at < $2 AND status NOT IN ('queued', 'running')) AS job_runs_expired,
+         WHERE finished_at < $2 AND status NOT IN ('queued', 'running', 'partial'))
+           AS job_runs_expired,
        (SELECT count(*) FROM dead_letters) AS dead_letters,
        (SELECT count(*) FROM dead_letters WHERE failed_at < $3) AS dead_letters_expired,
        (SELECT count(*) FROM outbox) AS outbox,
        (SELECT count(*) FROM outbox WHERE published_at < $4) AS outbox_expired;
+
+-- name: purge_preview
+SELECT (SELECT count(*) FROM tasks_archive WHERE archived_at < $1) AS tasks_archive_rows,
+       (SELECT min(archived_at) FROM tasks_archive WHERE archived_at < $1) AS tasks_archive_oldest,
+       (SELECT max(archived_at) FROM tasks_archive WHERE archived_at < $1) AS tasks_archive_newest,
+       (SELECT count(*) FROM job_runs
+         WHERE finished_at < $2 AND status NOT IN ('queued', 'running', 'partial'))
+           AS job_runs_rows,
+       (SELECT min(finished_at) FROM job_runs
+         WHERE finished_at < $2 AND status NOT IN ('queued', 'running', 'partial'))
+           AS job_runs_oldest,
+       (SELECT max(finished_at) FROM job_runs
+         WHERE finished_at < $2 AND status NOT IN ('queued', 'running', 'partial'))
+           AS job_runs_newest,
+       (SELECT count(*) FROM dead_letters WHERE failed_at < $3) AS dead_letters_rows,
+       (SELECT min(failed_at) FROM dead_letters WHERE failed_at < $3) AS dead_letters_oldest,
+       (SELECT max(failed_at) FROM dead_letters WHERE failed_at < $3) AS dead_letters_newest,
+       (SELECT count(*) FROM outbox WHERE published_at < $4) AS outbox_rows,
+       (SELECT min(published_at) FROM outbox WHERE published_at < $4) AS outbox_oldest,
+       (SELECT max(published_at) FROM outbox WHERE published_at < $4) AS outbox_newest;
 
 -- name: purge_tasks_archive
 WITH gone AS (
@@ -174,7 +249,8 @@ WITH gone AS (
     DELETE FROM job_runs
      WHERE (job, scheduled_for) IN (
            SELECT job, scheduled_for FROM job_runs
-            WHERE finished_at < $1 AND status NOT IN ('queued', 'running') LIMIT $2)
+            WHERE finished_at < $1 AND status NOT IN ('queued', 'running', 'partial')
+            LIMIT $2)
     RETURNING 1
 )
 SELECT count(*) FROM gone;

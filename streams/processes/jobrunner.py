@@ -16,7 +16,15 @@ whatever the number of runners and duplicated triggers. Executions hold the job'
 lock on a session of their own and store that session's identity in the row; a claimed row
 whose session is gone belongs to a dead runner: that attempt is failed as ``Abandoned`` and
 the slot resumed as the next attempt while inside its catch-up window. Only
-``started_at``/``finished_at``/durations come from the clock passed in at the edge.
+``started_at``/``finished_at``/durations and run windows come from the clock passed in at
+the edge: a job with a ``run_window`` starts only while the runner's clock is inside it,
+stops between batches when the clock passes its end (status ``partial``, progress in the
+row), and is resumed by ``resume_partials`` once the clock is inside the next window (runs
+execute in wall time, not tick time).
+
+Maintenance never slows user-facing work: the process has its own small pool
+(``JOB_DB_POOL_SIZE``), each batch is bounded by the job's ``batch_timeout_s`` and batches
+are paced by its ``batch_pause_s``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +44,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
 from streams import codec
-from streams.errors import DatabaseUnavailable, InvalidEvent, SchedulerError, TransientError
+from streams.errors import (
+    DatabaseUnavailable,
+    InvalidEvent,
+    Refused,
+    SchedulerError,
+    TransientError,
+)
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Disposition, Outcome, OverlapAction
 from streams.jobs.registry import Job, Overlap, Registry
@@ -53,6 +67,7 @@ log = logging.getLogger("cronorch.jobs")
 Clock = Callable[[], datetime]
 Emit = Callable[[JobRun], Awaitable[None]]
 MAX_MESSAGE = 300
+WINDOW_POLL_S = 5.0  # how often the process looks for partial runs whose window opened
 
 
 def _z(at: datetime | None) -> str | None:
@@ -194,6 +209,11 @@ class Runner:
         self.runner_id = runner_id or f"runner-{uuid.uuid4().hex[:12]}"
         self.tasks: set[asyncio.Task[JobRun | None]] = set()
 
+    def _start(self, coro: Any) -> asyncio.Task[JobRun | None]:
+        task: asyncio.Task[JobRun | None] = asyncio.create_task(coro)
+        self._track(task)
+        return task
+
     def _job(self, name: str) -> Job | None:
         for job in self.registry.jobs:
             if job.name == name:
@@ -231,7 +251,9 @@ class Runner:
         if job is None or job.paused or attempt >= job.retries.max_attempts:
             return
         late_s = (self.clock() - scheduled_for).total_seconds()
-        if late_s > job.catchup_window_s:
+        # A windowed run resumes whatever its age (it may have spanned several windows);
+        # outside its window the next attempt becomes partial and waits for the next one.
+        if job.run_window is None and late_s > job.catchup_window_s:
             return
         lock = await self.db.job_lock(job.name, shared=job.overlap is Overlap.ALLOW, wait=False)
         if lock is None:
@@ -243,9 +265,37 @@ class Runner:
         resumed = max(1, reached) + 1  # the abandoned attempt counts, as its record says
         log.info("abandoned slot resumed", extra=fields(
             job=job.name, scheduled_for=_z(scheduled_for), attempt=resumed))
-        task = asyncio.create_task(self._execute(job, scheduled_for, trigger, lock,
-                                                 queued=False, first_attempt=resumed))
-        self._track(task)
+        self._start(self._execute(job, scheduled_for, trigger, lock, queued=False,
+                                  first_attempt=resumed))
+
+    async def resume_partials(self) -> int:
+        """Resume the partial runs whose job's window is open on the runner's clock (each
+        under its job's lock, so one at a time per job); returns how many started."""
+        started = 0
+        for row in await self.db.partial_runs():
+            job = self._job(row["job"])
+            if job is None or job.paused or job.window_containing(self.clock()) is None:
+                continue
+            paused, _, _ = await self.db.job_state(job.name)
+            if paused:
+                continue
+            lock = await self.db.job_lock(job.name, shared=job.overlap is Overlap.ALLOW,
+                                          wait=False)
+            if lock is None:
+                continue  # a run of this job holds the lock: try again at the next poll
+            carried = await self.db.reclaim_partial(job.name, row["scheduled_for"],
+                                                    self.runner_id, lock)
+            if carried is None:
+                await self.db.release(lock)
+                continue
+            log.info("partial run resumed in its window", extra=fields(
+                job=job.name, scheduled_for=_z(row["scheduled_for"]),
+                rows_done=carried["affected"]))
+            self._start(self._execute(job, row["scheduled_for"], row["trigger"], lock,
+                                      queued=False, first_attempt=max(1, carried["attempt"]),
+                                      carried=carried))
+            started += 1
+        return started
 
     async def handle(self, trigger: JobTrigger) -> None:
         """One trigger from scheduler.job-triggers: defer, catch up or dispatch its slot."""
@@ -300,9 +350,21 @@ class Runner:
             job=job.name, scheduled_for=_z(scheduled_for), trigger="schedule"))
 
     async def dispatch(self, job: Job, scheduled_for: datetime, trigger: str, trigger_id: str,
-                       tick_at: datetime | None) -> asyncio.Task[JobRun | None] | None:
-        """Claim the slot and start it (or record it skipped); None if it was claimed before."""
+                       tick_at: datetime | None, *,
+                       resume_first: bool = True) -> asyncio.Task[JobRun | None] | None:
+        """Claim the slot and start it (or record it skipped); None if it was claimed before.
+        Outside the job's run window the slot is claimed ``partial`` and started by
+        ``resume_partials`` when the window opens."""
         await self.sweep()
+        if job.run_window is not None:
+            if job.window_containing(self.clock()) is None:
+                await self._claim_for_window(job, scheduled_for, trigger, trigger_id, tick_at)
+                return None
+            # An earlier run stopped at a window's end goes first: it takes the lock, and
+            # this slot then follows the job's overlap policy. (Not in `jobs run`: that
+            # process exits after its own run; the job runner resumes partial runs.)
+            if resume_first:
+                await self.resume_partials()
         shared = job.overlap is Overlap.ALLOW
         lock = await self.db.job_lock(job.name, shared=shared, wait=False)
         running = lock is None
@@ -339,17 +401,56 @@ class Runner:
                 error_message=note))
             return None
         assert holder is not None
-        task = asyncio.create_task(self._execute(
+        return self._start(self._execute(
             job, scheduled_for, trigger, holder, queued=action is OverlapAction.WAIT))
-        self._track(task)
-        return task
+
+    def _window_note(self, job: Job, stopped: bool) -> str:
+        assert job.run_window is not None
+        following = next(job.windows(self.clock()), None)
+        opens = "" if following is None else f" (opens {jobs.z(following[0])})"
+        what = "stopped at the end of" if stopped else "claimed outside"
+        return (f"{what} its run window {job.run_window.text()} {job.timezone}; "
+                f"the next window resumes it{opens}")
+
+    async def _claim_for_window(self, job: Job, scheduled_for: datetime, trigger: str,
+                                trigger_id: str, tick_at: datetime | None) -> None:
+        note = self._window_note(job, stopped=False)
+        claim = Claim(job.name, scheduled_for, job.kind, trigger, trigger_id, tick_at,
+                      "partial", self.runner_id, note)
+        if not await self.db.claim(claim, None, finished_at=self.clock()):
+            metrics.JOB_DUPLICATES.labels(job.name).inc()
+            log.info("slot claimed before: trigger ignored", extra=fields(
+                job=job.name, scheduled_for=_z(scheduled_for), trigger=trigger))
+            return None
+        await self.record(JobRun(
+            run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
+            scheduled_for=scheduled_for, trigger=trigger, attempt=1, started_at=None,
+            finished_at=None, duration_ms=None, status="partial", error_message=note,
+            progress={"rows_done": 0, "windows": 0}))
+        return None
+
+    def _proceed(self, job: Job, closes_at: datetime) -> jobs.Proceed:
+        """Before each batch: pace (``batch_pause_s``) after the first, then go on only while
+        the runner's clock is before the window's end."""
+        batches = 0
+
+        async def proceed() -> bool:
+            nonlocal batches
+            if batches and job.batch_pause_s:
+                await self.sleep(job.batch_pause_s)
+            batches += 1
+            return self.clock() < closes_at
+
+        return proceed
 
     async def _execute(self, job: Job, scheduled_for: datetime, trigger: str, lock: JobLock,
-                       *, queued: bool, first_attempt: int = 1) -> JobRun | None:
+                       *, queued: bool, first_attempt: int = 1,
+                       carried: dict[str, Any] | None = None) -> JobRun | None:
         holder: JobLock | None = lock
         shared = job.overlap is Overlap.ALLOW
         first_started: datetime | None = None
         attempt = first_attempt - 1
+        progress: dict[str, Any] = dict((carried or {}).get("progress") or {})
         try:
             if queued:
                 try:
@@ -372,9 +473,18 @@ class Runner:
                         log.warning("slot no longer ours: execution stopped", extra=fields(
                             job=job.name, scheduled_for=_z(scheduled_for)))
                         return None
-                    outcome = await asyncio.wait_for(
-                        jobs.run_kind(job, self.db, scheduled_for, attempt, self.sleep),
-                        job.timeout_s)
+                    window = job.window_containing(started)
+                    if window is None:
+                        outcome.stopped = True  # a retry's backoff ran past the window's end
+                        outcome.progress = {k: v for k, v in progress.items()
+                                            if k not in ("rows_done", "batches", "windows")}
+                    else:
+                        outcome = await asyncio.wait_for(
+                            jobs.run_kind(job, BatchBounded(self.db, job.batch_timeout_s),
+                                          scheduled_for, attempt, self.sleep,
+                                          proceed=self._proceed(job, window[1]),
+                                          progress=progress),
+                            job.timeout_s)
                 except TimeoutError:
                     error = TransientError(f"timed out after {job.timeout_s} s")
                 except SchedulerError as exc:
@@ -390,8 +500,12 @@ class Runner:
                     (finished - started).total_seconds())
                 if error is None:
                     metrics.JOB_ROWS.labels(job.name).inc(outcome.affected)
+                    if carried is not None or outcome.stopped:
+                        _carry(outcome, carried, progress)
                     return await self._finish(job, scheduled_for, trigger, attempt, started,
-                                              first_started, finished, "succeeded", outcome)
+                                              first_started, finished,
+                                              "partial" if outcome.stopped else "succeeded",
+                                              outcome)
                 decision = jobs.retry_decision(
                     job.retries, attempt, retriable=getattr(error, "retriable", False),
                     rng=self.rng)
@@ -422,7 +536,8 @@ class Runner:
             status=status, processed=outcome.processed, affected=outcome.affected,
             before=outcome.before, after=outcome.after,
             error_class=type(error).__name__ if error else None,
-            error_message=str(error)[:MAX_MESSAGE] if error else None)
+            error_message=str(error)[:MAX_MESSAGE] if error else None,
+            progress=outcome.progress)
 
     async def _finish(self, job: Job, scheduled_for: datetime, trigger: str, attempt: int,
                       started: datetime, first_started: datetime, finished: datetime,
@@ -430,6 +545,8 @@ class Runner:
                       error: Exception | None = None) -> JobRun:
         run = self._run(job, scheduled_for, trigger, attempt, started, finished, status,
                         outcome, error)
+        if status == "partial":
+            run = run.model_copy(update={"error_message": self._window_note(job, stopped=True)})
         total_ms = max(0, int((finished - first_started).total_seconds() * 1000))
         # The row must end up written even if PostgreSQL is briefly away right now.
         for persist_attempt in range(1, 61):
@@ -439,7 +556,8 @@ class Runner:
                     started_at=first_started, finished_at=finished, duration_ms=total_ms,
                     processed=outcome.processed, affected=outcome.affected,
                     before=outcome.before, after=outcome.after,
-                    error_class=run.error_class, error_message=run.error_message)
+                    error_class=run.error_class, error_message=run.error_message,
+                    progress=outcome.progress)
                 break
             except DatabaseUnavailable:
                 await self.sleep(jobs.backoff_cap_s(job.retries, persist_attempt)
@@ -468,6 +586,64 @@ class Runner:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _carry(outcome: Outcome, carried: dict[str, Any] | None,
+           progress: dict[str, Any]) -> None:
+    """Add what earlier windows of the run did to this window's outcome, and count it as one
+    more window in the progress (rows done, batches, windows, and where it stopped)."""
+    if carried is not None:
+        outcome.processed += int(carried.get("processed") or 0)
+        outcome.affected += int(carried.get("affected") or 0)
+        if carried.get("before"):
+            outcome.before = dict(carried["before"])
+    outcome.progress = {
+        **outcome.progress,
+        "rows_done": outcome.affected,
+        "batches": int(progress.get("batches") or 0) + outcome.batches,
+        "windows": int(progress.get("windows") or 0) + 1,
+    }
+
+
+class BatchBounded:
+    """The ``DataStore`` with every batch bounded by the job's ``batch_timeout_s``: a batch
+    past it is cancelled (its transaction rolls back) and fails the attempt retriably."""
+
+    def __init__(self, db: Database, batch_timeout_s: float) -> None:
+        self.db = db
+        self.timeout_s = batch_timeout_s
+
+    async def _bounded(self, call: Awaitable[int]) -> int:
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except TimeoutError:
+            raise TransientError(f"a batch took longer than batch_timeout_s "
+                                 f"{self.timeout_s:g} s") from None
+
+    async def archive_counts(self, cutoff: datetime) -> dict[str, int]:
+        return await self.db.archive_counts(cutoff)
+
+    async def archive_batch(self, cutoff: datetime, batch_size: int, archived_at: datetime,
+                            tag: str | None = None) -> int:
+        return await self._bounded(self.db.archive_batch(cutoff, batch_size, archived_at, tag))
+
+    async def archive_preview(self, cutoff: datetime) -> jobs.Touch:
+        return await self.db.archive_preview(cutoff)
+
+    async def purge_counts(self, cutoffs: Mapping[str, datetime]) -> dict[str, int]:
+        return await self.db.purge_counts(cutoffs)
+
+    async def purge_batch(self, target: str, cutoff: datetime, batch_size: int) -> int:
+        return await self._bounded(self.db.purge_batch(target, cutoff, batch_size))
+
+    async def purge_preview(self, cutoffs: Mapping[str, datetime]) -> dict[str, jobs.Touch]:
+        return await self.db.purge_preview(cutoffs)
+
+    async def undo_batch(self, tag: str, batch_size: int) -> int:
+        return await self._bounded(self.db.undo_batch(tag, batch_size))
+
+    async def undo_preview(self, tag: str) -> jobs.Touch:
+        return await self.db.undo_preview(tag)
+
+
 # --- the process -------------------------------------------------------------------------------
 
 
@@ -488,21 +664,135 @@ async def _emitter(settings: Settings) -> tuple[Any, Emit]:
     return producer, emit
 
 
+async def _open_db(settings: Settings) -> Database:
+    """The job runner's own small pool (``JOB_DB_POOL_SIZE``), apart from the worker's."""
+    return await Database.open(settings, min_size=1, max_size=settings.job_db_pool_size)
+
+
+async def dry_run(settings: Settings, registry: Registry, name: str, *,
+                  clock: Clock = lambda: datetime.now(UTC)) -> dict[str, Any]:
+    """``cronorch jobs run NAME --dry-run``: what a run now would touch (per table: rows,
+    oldest and newest), reading only; no claim, no lock, no record."""
+    job = registry.get(name)
+    at = clock().replace(microsecond=0)
+    db = await _open_db(settings)
+    try:
+        touch = await jobs.preview(job, db, at)
+    finally:
+        await db.close()
+    window = job.window_containing(at)
+    following = next(job.windows(at), None)
+    return {
+        "job": job.name, "kind": job.kind, "dry_run": True, "scheduled_for": jobs.z(at),
+        "would_touch": {table: t.as_dict() for table, t in touch.items()},
+        "undoable": job.kind == "archive_completed",
+        "run_window": None if job.run_window is None else {
+            "window": job.run_window.text(), "timezone": job.timezone,
+            "open_now": window is not None,
+            "next_opens_at": None if following is None else jobs.z(following[0])},
+    }
+
+
+async def undo(settings: Settings, registry: Registry, run_id: str, *, dry_run: bool = False,
+               clock: Clock = lambda: datetime.now(UTC)) -> dict[str, Any]:
+    """``cronorch jobs undo RUN_ID [--dry-run]``: move the rows an archive run archived back
+    into tasks, in batches (one transaction each), under the job's lock, recorded as a run
+    of its own (trigger ``undo``, ``undoes`` RUN_ID). Idempotent: a second undo moves nothing."""
+    try:
+        name, scheduled_for = jobs.parse_run_id(run_id)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    job = registry.get(name)
+    if job.kind != "archive_completed":
+        raise Refused(f"{job.name} is a {job.kind} job: only archive runs can be undone "
+                          "(a purge deletes rows for good)")
+    tag = jobs.archive_tag(name, scheduled_for)
+    db = await _open_db(settings)
+    try:
+        row = await db.run_row(name, scheduled_for)
+        if row is None or row["trigger"] == "undo":
+            raise Refused(f"no archive run {tag} in job_runs")
+        if row["status"] in ("queued", "running", "partial"):
+            raise Refused(f"run {tag} is {row['status']}: undo it once it has finished "
+                              "(pause the job to keep the next window from resuming it)")
+        if dry_run:
+            touch = await db.undo_preview(tag)
+            return {"undoes": tag, "dry_run": True, "would_move": touch.as_dict()}
+        return await _undo(settings, job, db, tag, clock)
+    finally:
+        await db.close()
+
+
+async def _undo(settings: Settings, job: Job, db: Database, tag: str,
+                clock: Clock) -> dict[str, Any]:
+    lock = await db.job_lock(job.name, shared=False, wait=False)
+    if lock is None:
+        raise Refused(f"a run of {job.name} holds its lock: try again when it has finished")
+    producer, emit = await _emitter(settings)
+    runner = Runner(Registry((job,)), db, clock=clock, rng=random.Random(), emit=emit)
+    try:
+        # To the microsecond: an undo right after a manual run (both "now") gets a row of its own.
+        started = clock()
+        claim = Claim(job.name, started, job.kind, "undo", f"{jobs.trigger_id(job.name, started)}"
+                      "/undo", None, "running", runner.runner_id, undoes=tag)
+        if not await db.claim(claim, lock):
+            raise Refused(f"a run of {job.name} is recorded at {jobs.z(started)} already: "
+                          "try again")
+        await db.start_attempt(job.name, started, 1, started, lock, runner.runner_id)
+        error: SchedulerError | None = None
+        outcome = Outcome()
+        try:
+            batches = 0
+
+            async def pace() -> bool:
+                nonlocal batches
+                if batches and job.batch_pause_s:
+                    await asyncio.sleep(job.batch_pause_s)
+                batches += 1
+                return True
+
+            outcome = await jobs.undo_archive(BatchBounded(db, job.batch_timeout_s), tag,
+                                              int(job.params["batch_size"]), proceed=pace)
+        except SchedulerError as exc:
+            error = exc
+        finished = clock()
+        status = "failed" if error else "succeeded"
+        run = runner._run(job, started, "undo", 1, started, finished, status, outcome, error)
+        run = run.model_copy(update={"undoes": tag})
+        await db.finish(job.name, started, runner.runner_id, status=status, attempt=1,
+                        started_at=started, finished_at=finished, duration_ms=run.duration_ms,
+                        processed=outcome.processed, affected=outcome.affected,
+                        before=outcome.before, after=outcome.after,
+                        error_class=run.error_class, error_message=run.error_message)
+        await runner.record(run)
+        return run.model_dump(mode="json")
+    finally:
+        await db.release(lock)
+        await producer.stop()
+
+
 async def run_manual(settings: Settings, registry: Registry, name: str, *,
                      clock: Clock = lambda: datetime.now(UTC)) -> JobRun | None:
     """``cronorch jobs run NAME``: run the job now, in this process, recorded as manual."""
     job = registry.get(name)
-    db = await Database.open(settings)
+    db = await _open_db(settings)
     producer, emit = await _emitter(settings)
     try:
         runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
         at = clock().replace(microsecond=0)
         task = await runner.dispatch(job, at, "manual", jobs.trigger_id(name, at, "manual"),
-                                     None)
+                                     None, resume_first=False)
         if task is None:
             rows = [r for r in await db.runs(name) if r["scheduled_for"] == at]
             log.info("manual run not started", extra=fields(
                 job=name, status=rows[0]["status"] if rows else "claimed before"))
+            if rows and rows[0]["status"] == "partial":
+                # Outside its run window: claimed, to be started by the job runner.
+                return JobRun(run_id=jobs.run_id(name, at, 1), job=name, kind=job.kind,
+                              scheduled_for=at, trigger="manual", attempt=1, started_at=None,
+                              finished_at=None, duration_ms=None, status="partial",
+                              error_message=rows[0]["error_message"],
+                              progress=rows[0]["progress"])
             return None
         return await task
     finally:
@@ -514,7 +804,7 @@ async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | N
               clock: Clock = lambda: datetime.now(UTC)) -> None:
     """``cronorch job-runner``: the trigger agent and the runner until SIGTERM/SIGINT."""
     stop = await lifecycle.start(settings, stop)
-    db = await Database.open(settings)
+    db = await _open_db(settings)
     producer, emit = await _emitter(settings)
     runner = Runner(registry, db, clock=clock, rng=random.Random(), emit=emit)
     try:
@@ -526,7 +816,8 @@ async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | N
                           TriggerAgent(settings, registry))
         tasks = {agent.name: asyncio.create_task(agent.run(stop)),
                  "trigger consumer": asyncio.create_task(
-                     _consume_triggers(settings, runner, stop))}
+                     _consume_triggers(settings, runner, stop)),
+                 "window resumer": asyncio.create_task(_resume_in_windows(runner, stop))}
         try:
             await lifecycle.supervise(stop, tasks)
         finally:
@@ -535,6 +826,18 @@ async def run(settings: Settings, registry: Registry, *, stop: asyncio.Event | N
         await producer.stop()
         await db.close()
         log.info("job runner stopped", extra=fields(runner_id=runner.runner_id))
+
+
+async def _resume_in_windows(runner: Runner, stop: asyncio.Event) -> None:
+    """Every ``WINDOW_POLL_S``: start the partial runs whose run window is open."""
+    while not stop.is_set():
+        try:
+            await runner.resume_partials()
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable: partial runs not resumed yet", extra=fields(
+                error_message=str(exc)[:MAX_MESSAGE]))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WINDOW_POLL_S)
 
 
 async def _consume_triggers(settings: Settings, runner: Runner, stop: asyncio.Event) -> None:

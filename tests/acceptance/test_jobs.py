@@ -379,3 +379,79 @@ def test_dst_week_replay_two_runners_one_killed_every_slot_once(
 
 def jobs_z(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- issue 11: dry runs, undo, run windows in the preview --------------------------------------
+
+
+def test_dry_run_then_archive_then_undo_twice(settings: Settings, database: str,  # noqa: F811
+                                              tmp_path: Path) -> None:
+    s = _with_db(settings, database)
+    path = _registry(tmp_path, {"name": "archive", "kind": "archive_completed",
+                                "schedule": "0 3 * * *", "params": {"batch_size": 4}},
+                     {"name": "purge", "kind": "purge_expired", "schedule": "30 4 * * *"})
+    old = [datetime(2020, 1, 1, tzinfo=UTC) + i * timedelta(days=1) for i in range(10)]
+    asyncio.run(_seed_completed(database, old))
+    reg = ["--registry", str(path)]
+
+    dry = _cli(s, "jobs", "run", "archive", "--dry-run", *reg)
+    assert dry["would_touch"] == {"tasks": {"rows": 10, "oldest": "2020-01-01T00:00:00Z",
+                                            "newest": "2020-01-10T00:00:00Z"}}
+    assert dry["undoable"] is True
+    purge = _cli(s, "jobs", "run", "purge", "--dry-run", *reg)
+    assert set(purge["would_touch"]) == {"tasks_archive", "job_runs", "dead_letters", "outbox"}
+    assert purge["undoable"] is False
+    assert asyncio.run(_task_ids(database))[1] == []  # the dry runs touched nothing
+    assert asyncio.run(_rows(database)) == []
+
+    run = _cli(s, "jobs", "run", "archive", *reg)
+    assert run["status"] == "succeeded" and run["affected"] == 10
+    undo_dry = _cli(s, "jobs", "undo", run["run_id"], "--dry-run", *reg)
+    assert undo_dry["would_move"]["rows"] == 10
+    undo = _cli(s, "jobs", "undo", run["run_id"], *reg)
+    assert (undo["trigger"], undo["status"], undo["affected"]) == ("undo", "succeeded", 10)
+    assert undo["undoes"] == run["run_id"].split("#")[0]
+    again = _cli(s, "jobs", "undo", run["run_id"], *reg)
+    assert again["affected"] == 0
+    tasks, archive = asyncio.run(_task_ids(database))
+    assert len(tasks) == 10 and archive == []
+    records = asyncio.run(read_json(s, s.topics.job_runs))
+    assert [(r["trigger"], r["affected"], r["undoes"]) for r in records] == [
+        ("manual", 10, None), ("undo", 10, undo["undoes"]), ("undo", 0, undo["undoes"])]
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "jobs", "undo", "purge@2026-01-01T04:30:00Z",
+         *reg], cwd=ROOT, env=env_for(s), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "only archive runs can be undone" in refused.stderr
+
+
+def test_preview_shows_the_next_windows_in_the_zone_and_utc(
+        settings: Settings, tmp_path: Path) -> None:
+    path = _registry(tmp_path, {"name": "nightly", "kind": "archive_completed",
+                                "schedule": "30 23 * * *", "timezone": "Europe/Berlin",
+                                "run_window": {"start": "23:00", "end": "05:00"}})
+    out = _cli(settings, "jobs", "preview", "nightly", "--count", "1", "--windows", "2",
+               "--from", "2026-03-28T12:00:00Z", "--registry", str(path))
+    assert out["run_window"] == {"window": "23:00-05:00", "windows": [
+        {"opens_at": "2026-03-28T22:00:00Z", "closes_at": "2026-03-29T03:00:00Z",
+         "opens_local": "2026-03-28T23:00:00+01:00",
+         "closes_local": "2026-03-29T05:00:00+02:00"},
+        {"opens_at": "2026-03-29T21:00:00Z", "closes_at": "2026-03-30T03:00:00Z",
+         "opens_local": "2026-03-29T23:00:00+02:00",
+         "closes_local": "2026-03-30T05:00:00+02:00"}]}
+
+
+def test_manual_run_outside_its_window_is_claimed_partial(
+        settings: Settings, database: str, tmp_path: Path) -> None:  # noqa: F811
+    s = _with_db(settings, database)
+    now = datetime.now(UTC)
+    opens, closes = now + timedelta(hours=2), now + timedelta(hours=3)
+    path = _registry(tmp_path, {"name": "later", "run_window": {
+        "start": f"{opens:%H:%M}", "end": f"{closes:%H:%M}"}})
+    run = _cli(s, "jobs", "run", "later", "--registry", str(path))
+    assert (run["status"], run["trigger"], run["started_at"]) == ("partial", "manual", None)
+    assert "claimed outside its run window" in run["error_message"]
+    rows = asyncio.run(_rows(database))
+    assert [(r["job"], r["status"], r["started_at"]) for r in rows] == [
+        ("later", "partial", None)]

@@ -16,7 +16,7 @@ import pytest
 
 from schemas import JobRun, JobTrigger
 from streams.cli import devstack
-from streams.errors import DatabaseError, DatabaseUnavailable
+from streams.errors import DatabaseError, DatabaseUnavailable, Refused
 from streams.jobs import decisions as jobs
 from streams.jobs import registry
 from streams.postgres.database import Database, migrations, translate
@@ -187,6 +187,95 @@ def test_datastore_contract_purge_outbox(kind: str, request: pytest.FixtureReque
     assert outcome.affected == 1
     assert (outcome.before["outbox_expired"], outcome.after["outbox_expired"]) == (1, 0)
     assert outcome.before["outbox"] - outcome.after["outbox"] == 1
+
+
+def _stop_after(batches: int) -> jobs.Proceed:
+    """A window that closes after ``batches`` batches."""
+    asked = 0
+
+    async def proceed() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked <= batches
+
+    return proceed
+
+
+def test_datastore_contract_archive_stops_between_batches_and_resumes(
+        store_factory: Callable[[], Any]) -> None:
+    async def go() -> tuple[jobs.Outcome, jobs.Outcome, jobs.Touch]:
+        async with store_factory() as store:
+            first = await jobs.archive_completed(store, NOW, 30, 20, tag="a@1",
+                                                 proceed=_stop_after(1))
+            rest = await jobs.archive_completed(store, NOW, 30, 20, tag="a@1")
+            return first, rest, await store.undo_preview("a@1")
+
+    first, rest, tagged = asyncio.run(go())
+    assert first.stopped and (first.affected, first.batches) == (20, 1)
+    oldest_left = NOW - timedelta(days=31 + 30)  # the 30 youngest of old-1..50 are left
+    assert first.progress["stopped_at"] == "tasks" and first.progress["rows_left"] == 30
+    assert first.progress["next_completed_at"] is not None
+    assert datetime.fromisoformat(str(first.progress["next_completed_at"])) <= oldest_left + \
+        timedelta(days=1)
+    assert not rest.stopped and rest.affected == 30
+    assert tagged.rows == 50 and tagged.blocked == 0
+
+
+def test_datastore_contract_previews_touch_nothing(store_factory: Callable[[], Any]) -> None:
+    cutoffs = {t: NOW - timedelta(days=d) for t, d in
+               {"tasks_archive": 365, "job_runs": 90, "dead_letters": 30, "outbox": 7}.items()}
+
+    async def go() -> tuple[jobs.Touch, jobs.Touch, dict[str, jobs.Touch], dict[str, int]]:
+        async with store_factory() as store:
+            archive = await store.archive_preview(NOW - timedelta(days=30))
+            none = await store.archive_preview(NOW - timedelta(days=3650))
+            purge = await store.purge_preview(cutoffs)
+            return archive, none, purge, await store.archive_counts(NOW - timedelta(days=30))
+
+    archive, none, purge, counts = asyncio.run(go())
+    assert archive.rows == 50
+    assert archive.newest is not None and archive.newest <= NOW - timedelta(days=32)
+    assert archive.oldest is not None and archive.oldest <= NOW - timedelta(days=81)
+    assert none == jobs.Touch(0, None, None)
+    assert {t: p.rows for t, p in purge.items()} == dict.fromkeys(cutoffs, 0)
+    assert counts["eligible"] == 50  # nothing moved
+
+
+def test_datastore_contract_undo_moves_back_once(store_factory: Callable[[], Any]) -> None:
+    async def go() -> tuple[jobs.Outcome, jobs.Outcome, jobs.Outcome, dict[str, int]]:
+        async with store_factory() as store:
+            await jobs.archive_completed(store, NOW, 30, 20, tag="a@1")
+            await jobs.archive_completed(store, NOW + timedelta(days=60), 30, 20, tag="a@2")
+            first = await jobs.undo_archive(store, "a@1", 15)
+            second = await jobs.undo_archive(store, "a@1", 15)
+            other = await jobs.undo_archive(store, "a@404", 15)
+            return first, second, other, await store.archive_counts(NOW)
+
+    first, second, other, counts = asyncio.run(go())
+    # a@1 archived the 50 old tasks; a@2 (60 days later) the recent one.
+    assert first.before == {"archived_by_run": 50, "blocked": 0}
+    assert (first.affected, first.batches) == (50, 4)
+    assert first.after == {"archived_by_run": 0, "blocked": 0}
+    assert second.affected == 0 and other.affected == 0
+    assert counts["tasks_archive"] == 1 and counts["tasks"] == 51
+
+
+def test_datastore_contract_purge_stops_and_skips_finished_targets(
+        store_factory: Callable[[], Any]) -> None:
+    cutoffs = {t: NOW + timedelta(days=1) for t in jobs.PURGE_TARGETS}
+
+    async def go() -> tuple[jobs.Outcome, jobs.Outcome]:
+        async with store_factory() as store:
+            await jobs.archive_completed(store, NOW, 30, 100, tag="a@1")
+            first = await jobs.purge_expired(store, cutoffs, 20, proceed=_stop_after(2))
+            rest = await jobs.purge_expired(
+                store, cutoffs, 20, done=list(first.progress.get("done_targets", [])))
+            return first, rest
+
+    first, rest = asyncio.run(go())
+    assert first.stopped and first.affected == 40
+    assert first.progress == {"stopped_at": "tasks_archive", "done_targets": []}
+    assert not rest.stopped and rest.after["tasks_archive"] == 0
 
 
 # --- archive at volume ------------------------------------------------------------------------
@@ -443,3 +532,157 @@ def test_postgres_stopped_30s_mid_archive(database: str, pg_stack: devstack.Stac
     assert run.after == {"tasks": 500, "eligible": 0, "tasks_archive": total}
     print(f"\noutage handled: {run.attempt} attempts, finished "
           f"{marks['done'] - marks['start']:.1f} s after PostgreSQL came back")
+
+
+# --- run windows and undo, through the runner ------------------------------------------------
+
+
+class _WallClock:
+    """The runner's clock, moved by the test and by the pacing between batches."""
+
+    def __init__(self, at: datetime, pause_moves: timedelta) -> None:
+        self.at = at
+        self.pause_moves = pause_moves
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    async def sleep(self, _: float) -> None:
+        self.at += self.pause_moves
+
+
+def test_run_window_stops_between_batches_and_the_next_window_resumes(database: str) -> None:
+    """Claimed outside its window: partial, untouched. In the window: batches until the
+    clock passes the end (partial, progress recorded). The next window finishes it."""
+    asyncio.run(_seed(database, 50))
+    job = _job(schedule="0 2 * * *", params={"batch_size": 10}, batch_pause_s=1,
+               run_window={"start": "01:00", "end": "04:00"})
+    reg = registry.Registry((job,))
+    slot = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    clock = _WallClock(datetime(2026, 3, 2, 0, 30, tzinfo=UTC), timedelta(minutes=40))
+    emitted: list[JobRun] = []
+
+    async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        db = await Database.connect(database)
+        try:
+            runner = Runner(reg, db, clock=clock, rng=random.Random(1), emit=_append(emitted),
+                            sleep=clock.sleep)
+            assert await runner.dispatch(job, slot, "schedule", "t", slot) is None
+            assert await runner.resume_partials() == 0  # 00:30: the window is closed
+            waiting = await db.runs(job.name)
+            clock.at = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+            assert await runner.resume_partials() == 1
+            await asyncio.gather(*runner.tasks)
+            stopped = await db.runs(job.name)
+            clock.at = datetime(2026, 3, 2, 4, 30, tzinfo=UTC)
+            assert await runner.resume_partials() == 0
+            clock.at = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)
+            assert await runner.resume_partials() == 1
+            await asyncio.gather(*runner.tasks)
+            return waiting, stopped, await db.runs(job.name)
+        finally:
+            await db.close()
+
+    waiting, stopped, done = asyncio.run(go())
+    assert [(r["status"], r["affected"]) for r in waiting] == [("partial", 0)]
+    assert "claimed outside its run window 01:00-04:00 UTC" in waiting[0]["error_message"]
+    # 02:00, 02:40, 03:20 ran a batch each; at 04:00 the window had closed.
+    assert [(r["status"], r["affected"]) for r in stopped] == [("partial", 30)]
+    assert stopped[0]["progress"]["rows_done"] == 30
+    assert stopped[0]["progress"]["stopped_at"] == "tasks"
+    assert stopped[0]["progress"]["rows_left"] == 20
+    assert "stopped at the end of its run window" in stopped[0]["error_message"]
+    assert [(r["status"], r["affected"], r["attempt"]) for r in done] == [("succeeded", 50, 1)]
+    assert done[0]["progress"]["windows"] == 2 and done[0]["before"]["eligible"] == 50
+    assert [r.status for r in emitted] == ["partial", "partial", "succeeded"]
+    assert emitted[1].progress["rows_done"] == 30
+    tasks, archive = asyncio.run(_ids(database))
+    assert not tasks and len(archive) == 50
+
+
+def _append(into: list[JobRun]) -> Any:
+    async def emit(run: JobRun) -> None:
+        into.append(run)
+    return emit
+
+
+def test_undo_moves_an_archive_run_back_once_and_records_itself(database: str) -> None:
+    from streams.processes import jobrunner
+    from streams.settings import Settings
+
+    asyncio.run(_seed(database, 30, completed_recent=2, open_=3))
+    job = _job(params={"batch_size": 7})
+    reg = registry.Registry((job,))
+    settings = Settings.from_env({"DATABASE_URL": database,
+                                  "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        db = await Database.connect(database)
+        emitted: list[JobRun] = []
+        try:
+            runner = _runner(reg, db, emitted)
+            task = await runner.dispatch(job, NOW, "schedule", "t", NOW)
+            assert task is not None
+            await task
+        finally:
+            await db.close()
+        run_id = jobs.run_id(job.name, NOW, 1)
+        preview = await jobrunner.undo(settings, reg, run_id, dry_run=True)
+        with pytest.raises(Refused, match=r"no archive run"):
+            await jobrunner.undo(settings, reg, f"{job.name}@2020-01-01T00:00:00Z", dry_run=True)
+        db = await Database.connect(database)
+        try:
+            lock = await db.job_lock(job.name, shared=False, wait=True)
+            with pytest.raises(Refused, match=r"holds its lock"):
+                await jobrunner._undo(settings, job, db, jobs.archive_tag(job.name, NOW),
+                                      lambda: datetime.now(UTC))
+            await db.release(lock)
+            return preview, await db.runs(job.name)
+        finally:
+            await db.close()
+
+    preview, rows = asyncio.run(go())
+    assert preview == {"undoes": "archive@2026-03-02T03:00:00Z", "dry_run": True,
+                       "would_move": {"rows": 30, "oldest": preview["would_move"]["oldest"],
+                                      "newest": preview["would_move"]["newest"]}}
+    assert [r["status"] for r in rows] == ["succeeded"]
+    _, archive = asyncio.run(_ids(database))
+    assert len(archive) == 30  # the dry run and the refused undo moved nothing
+
+
+def test_the_process_loop_resumes_a_partial_run_once_its_window_opens(database: str) -> None:
+    from streams.processes import jobrunner
+
+    asyncio.run(_seed(database, 12))
+    job = _job(schedule="0 2 * * *", params={"batch_size": 5},
+               run_window={"start": "01:00", "end": "04:00"})
+    reg = registry.Registry((job,))
+    slot = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    clock = _WallClock(datetime(2026, 3, 2, 5, 0, tzinfo=UTC), timedelta(0))
+    emitted: list[JobRun] = []
+
+    async def go() -> list[dict[str, Any]]:
+        db = await Database.connect(database)
+        stop = asyncio.Event()
+        loop = None
+        try:
+            runner = Runner(reg, db, clock=clock, rng=random.Random(1), emit=_append(emitted),
+                            sleep=clock.sleep)
+            await runner.dispatch(job, slot, "schedule", "t", slot)
+            loop = asyncio.create_task(jobrunner._resume_in_windows(runner, stop))
+            clock.at = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)
+
+            async def finished() -> bool:
+                return [r["status"] for r in await db.runs(job.name)] == ["succeeded"]
+
+            await eventually(finished, 30, "the partial run finished in the next window")
+            return await db.runs(job.name)
+        finally:
+            stop.set()
+            if loop is not None:
+                await loop
+            await db.close()
+
+    rows = asyncio.run(go())
+    assert [(r["status"], r["affected"]) for r in rows] == [("succeeded", 12)]
+    assert [r.status for r in emitted] == ["partial", "succeeded"]

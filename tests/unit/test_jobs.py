@@ -190,3 +190,55 @@ def test_trigger_agent_dead_letters_what_is_not_a_tick() -> None:
     outputs = agent.process(0, records)
     letters = [o for o in outputs if o.topic == settings.topics.dead_letters]
     assert len(letters) == 2 and letters[1].key == b"u"
+
+
+# --- issue 11: run ids for undo, stopping and resuming, dry runs ------------------------------
+
+
+def test_run_ids_parse_with_or_without_the_attempt() -> None:
+    at = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+    assert jobs.parse_run_id("archive@2026-03-02T03:00:00Z#2") == ("archive", at)
+    assert jobs.parse_run_id("archive@2026-03-02T04:00:00+01:00") == ("archive", at)
+    assert jobs.archive_tag("archive", at) == jobs.run_id("archive", at, 1).split("#")[0]
+    for bad, needle in [("archive", "job@scheduled_for"), ("a@yesterday", "not an RFC 3339"),
+                        ("a@2026-03-02T03:00:00", "no offset")]:
+        with pytest.raises(ValueError, match=needle):
+            jobs.parse_run_id(bad)
+
+
+def _purge_job() -> registry.Job:
+    return registry.parse({"jobs": [{"name": "p", "kind": "purge_expired", "schedule": "@daily",
+                                     "params": {"batch_size": 2}}]}).jobs[0]
+
+
+def test_a_stopped_purge_resumes_with_the_targets_left() -> None:
+    store = MemoryDataStore()
+    store.job_runs = {f"r{i}": T0 - timedelta(days=100) for i in range(3)}
+    store.dead_letters = {f"d{i}": T0 - timedelta(days=40) for i in range(3)}
+    asked = 0
+
+    async def three_batches() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked <= 3
+
+    job = _purge_job()
+    first = asyncio.run(jobs.run_kind(job, store, T0, 1, _no_sleep, proceed=three_batches))
+    # tasks_archive: one empty batch; job_runs: 2 + 1 rows; then the window closed.
+    assert first.stopped and first.affected == 3
+    assert first.progress == {"stopped_at": "dead_letters",
+                              "done_targets": ["tasks_archive", "job_runs"]}
+    rest = asyncio.run(jobs.run_kind(job, store, T0, 1, _no_sleep, progress=first.progress))
+    assert not rest.stopped and rest.affected == 3 and not store.dead_letters
+
+
+def test_preview_touches_nothing_and_noop_touches_no_table() -> None:
+    store = MemoryDataStore()
+    store.tasks["old"] = {"status": "completed", "completed_at": T0 - timedelta(days=40)}
+    job = registry.parse({"jobs": [{"name": "a", "kind": "archive_completed",
+                                    "schedule": "@daily"}]}).jobs[0]
+    touch = asyncio.run(jobs.preview(job, store, T0))
+    assert {k: v.as_dict() for k, v in touch.items()} == {"tasks": {
+        "rows": 1, "oldest": "2026-01-21T12:00:00Z", "newest": "2026-01-21T12:00:00Z"}}
+    assert "old" in store.tasks
+    assert asyncio.run(jobs.preview(_job(), store, T0)) == {}

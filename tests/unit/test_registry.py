@@ -150,3 +150,57 @@ def test_job_runner_refuses_an_invalid_registry(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 1
     assert "jobs[1].kind: unknown kind 'vacuum_everything'" in proc.stderr
+
+
+# --- run windows, batch bounds ------------------------------------------------------------
+
+
+def _windowed(window: Any, **changes: Any) -> dict[str, Any]:
+    return _with(0, run_window=window, **changes)
+
+
+@pytest.mark.parametrize(("window", "changes", "path", "needle"), [
+    ({"start": "01:00", "end": "25:00"}, {}, "jobs[0].run_window.end", "out of range"),
+    ({"start": "1:00", "end": "05:00"}, {}, "jobs[0].run_window.start", "not a local time"),
+    ({"start": "01:00"}, {}, "jobs[0].run_window.end", "is required"),
+    ({"start": "01:00", "end": "05:00", "days": 1}, {}, "jobs[0].run_window.days",
+     "unknown key"),
+    ("01:00-05:00", {}, "jobs[0].run_window", "must be a mapping"),
+    ({"start": "03:00", "end": "03:00"}, {}, "jobs[0].run_window.end", "equals start"),
+    ({"start": "02:58", "end": "03:05"}, {"batch_timeout_s": 600}, "jobs[0].run_window",
+     "shorter than one batch's timeout"),
+    ({"start": "04:00", "end": "06:00"}, {}, "jobs[0].run_window",
+     "never fires inside the window 04:00-06:00 Europe/Berlin"),
+    ({"start": "02:00", "end": "05:00"}, {"batch_timeout_s": 900}, "jobs[0].batch_timeout_s",
+     "exceeds timeout_s 600"),
+    ({"start": "02:00", "end": "05:00"}, {"batch_pause_s": 61}, "jobs[0].batch_pause_s",
+     "out of range"),
+])
+def test_bad_run_window_rejected_naming_the_field(window: Any, changes: dict[str, Any],
+                                                  path: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        registry.parse(_windowed(window, **changes))
+    assert caught.value.path == path
+    assert needle in caught.value.reason
+
+
+def test_run_window_parses_and_crosses_midnight() -> None:
+    doc = _with(0, schedule="30 23 * * *", run_window={"start": "23:00", "end": "04:00"},
+                batch_timeout_s=120, batch_pause_s=0.5)
+    job = registry.parse(doc).jobs[0]
+    assert job.run_window is not None and job.run_window.crosses_midnight
+    assert job.run_window.length_s == 5 * 3600
+    assert (job.batch_timeout_s, job.batch_pause_s) == (120, 0.5)
+    assert registry.as_document(job)["run_window"] == {"start": "23:00", "end": "04:00"}
+
+
+def test_batch_timeout_defaults_below_a_short_timeout() -> None:
+    job = registry.parse(_with(0, timeout_s=60)).jobs[0]
+    assert job.batch_timeout_s == 60
+    assert registry.parse(GOOD).jobs[0].batch_timeout_s == registry.DEFAULT_BATCH_TIMEOUT_S
+
+
+def test_a_schedule_firing_inside_the_window_only_sometimes_is_accepted() -> None:
+    # Monthly on the 1st at 05:30 local: inside a 05:00-06:00 window.
+    doc = _with(0, schedule="30 5 1 * *", run_window={"start": "05:00", "end": "06:00"})
+    assert registry.parse(doc).jobs[0].run_window is not None

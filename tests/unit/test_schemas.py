@@ -147,6 +147,8 @@ JOB_RUN: dict[str, Any] = {
     "after": {"completed": 3},
     "error_class": None,
     "error_message": None,
+    "progress": {"rows_done": 7, "batches": 1, "windows": 1},
+    "undoes": None,
 }
 JOB_TRIGGER: dict[str, Any] = {
     "type": "job.trigger",

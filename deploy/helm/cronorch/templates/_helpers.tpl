@@ -115,6 +115,8 @@ are not printed in float notation.
   value: {{ int64 $c.pg_idle_in_transaction_timeout_ms | quote }}
 - name: PG_COMMAND_TIMEOUT_S
   value: {{ int64 $c.pg_command_timeout_s | quote }}
+- name: JOB_DB_POOL_SIZE
+  value: {{ int64 $c.job_db_pool_size | quote }}
 - name: CRONORCH_APP_ID
   value: {{ $c.app_id | quote }}
 - name: TASK_EVENTS_PARTITIONS
