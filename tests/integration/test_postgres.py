@@ -392,7 +392,7 @@ def test_unexpected_error_in_a_run_is_recorded_failed(database: str,
     the table and the run log, instead of escaping the background task unseen."""
     from streams.processes import jobrunner
 
-    async def broken(*args: Any) -> Any:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("not-a-param")
 
     monkeypatch.setattr(jobrunner.jobs, "run_kind", broken)
