@@ -41,6 +41,7 @@ from schemas.limits import (
     LATEST,
     MAX_ZONE_CHARS,
 )
+from streams.timecore.instants import format_instant as format_instant
 
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
@@ -48,14 +49,6 @@ _RFC3339 = re.compile(
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _HH_MM = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d")
 _NAIVE = "naive datetime: an instant needs a UTC offset such as 'Z'"
-
-
-def format_instant(value: datetime) -> str:
-    """``value`` in UTC as RFC 3339 with ``Z``; fractional seconds only when non-zero."""
-    value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _instant_shape(value: Any) -> Any:

@@ -26,12 +26,13 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from streams.errors import TransientError
+from streams.errors import InvalidInput, TransientError
 from streams.jobs.registry import Coalesce, Job, Overlap, Retries
+from streams.timecore.instants import format_instant, parse_instant
 
 MAX_SLOTS = 1000  # slots enumerated per decision; a longer gap is reported as a count
 
@@ -147,8 +148,7 @@ def retry_decision(retries: Retries, attempt: int, *, retriable: bool,
 
 def z(at: datetime) -> str:
     """An instant as RFC 3339 UTC with ``Z`` (ids, logs)."""
-    text = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return text
+    return format_instant(at)
 
 
 def trigger_id(job: str, scheduled_for: datetime, trigger: str = "schedule") -> str:
@@ -175,12 +175,9 @@ def parse_run_id(text: str) -> tuple[str, datetime]:
         raise ValueError(f"run id {text!r} is not job@scheduled_for[#attempt]")
     instant = rest.split("#", 1)[0]
     try:
-        scheduled_for = datetime.fromisoformat(instant.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"run id {text!r}: {instant!r} is not an RFC 3339 instant") from None
-    if scheduled_for.tzinfo is None:
-        raise ValueError(f"run id {text!r}: {instant!r} has no offset (use Z)")
-    return job, scheduled_for.astimezone(UTC)
+        return job, parse_instant(instant)
+    except InvalidInput as exc:
+        raise ValueError(f"run id {text!r}: {exc}") from None
 
 
 # --- built-in kinds --------------------------------------------------------------------

@@ -33,6 +33,7 @@ import yaml
 
 from streams.errors import ConfigError, InvalidSchedule
 from streams.timecore.cron import CronExpression, parse_cron
+from streams.timecore.instants import format_seconds
 from streams.timecore.localtime import RFC5545, Ambiguous, DstPolicy, Nonexistent, zone
 from streams.timecore.window import DailyWindow, parse_hhmm
 
@@ -467,7 +468,7 @@ def _first_intersection(
 
 
 def _z(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_seconds(at)
 
 
 def as_document(job: Job) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from schemas import Task, UserSettings
-from schemas.values import format_instant
+from streams.timecore.instants import format_instant, parse_instant
 from streams.timeline.planning import DigestFire, SpawnFire
 from streams.timeline.state import WATERMARK_KEY, PartitionState, TaskState, UserState
 
@@ -120,4 +120,4 @@ def _read_opt_instant(text: str | None) -> datetime | None:
 
 
 def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_instant(text)

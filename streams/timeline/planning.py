@@ -15,6 +15,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from schemas import AtReminder, BeforeReminder, DigestTask, Task, UserSettings
+from streams.timecore.instants import format_seconds
 from streams.timecore.localtime import (
     RFC5545,
     Ambiguous,
@@ -52,7 +53,7 @@ def notification_id(kind: str, *parts: str) -> str:
 
 
 def instant_key(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_seconds(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,7 +201,7 @@ def test_run_ids_parse_with_or_without_the_attempt() -> None:
     assert jobs.parse_run_id("archive@2026-03-02T04:00:00+01:00") == ("archive", at)
     assert jobs.archive_tag("archive", at) == jobs.run_id("archive", at, 1).split("#")[0]
     for bad, needle in [("archive", "job@scheduled_for"), ("a@yesterday", "not an RFC 3339"),
-                        ("a@2026-03-02T03:00:00", "no offset")]:
+                        ("a@2026-03-02T03:00:00", "no UTC offset")]:
         with pytest.raises(ValueError, match=needle):
             jobs.parse_run_id(bad)
 
