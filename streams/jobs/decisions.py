@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from streams.errors import InvalidInput, TransientError
 from streams.jobs.registry import Coalesce, Job, Overlap, Retries
+from streams.retry import Backoff
 from streams.timecore.instants import format_instant, parse_instant
 
 MAX_SLOTS = 1000  # slots enumerated per decision; a longer gap is reported as a count
@@ -131,9 +132,14 @@ class RetryDecision:
     reason: str = ""
 
 
+def backoff(retries: Retries) -> Backoff:
+    """The job's retry policy as the one backoff (exponential, full jitter)."""
+    return Backoff(base_s=retries.base_delay_s, cap_s=retries.max_delay_s)
+
+
 def backoff_cap_s(retries: Retries, attempt: int) -> float:
     """The upper bound of the wait after failed attempt ``attempt`` (1-based)."""
-    return min(retries.max_delay_s, retries.base_delay_s * 2.0 ** (attempt - 1))
+    return backoff(retries).bound_s(attempt)
 
 
 def retry_decision(retries: Retries, attempt: int, *, retriable: bool,
@@ -143,7 +149,7 @@ def retry_decision(retries: Retries, attempt: int, *, retriable: bool,
         return RetryDecision(False, reason="not retriable")
     if attempt >= retries.max_attempts:
         return RetryDecision(False, reason=f"attempts exhausted ({retries.max_attempts})")
-    return RetryDecision(True, rng.uniform(0.0, backoff_cap_s(retries, attempt)))
+    return RetryDecision(True, backoff(retries).delay_s(attempt, rng))
 
 
 def z(at: datetime) -> str:

@@ -60,17 +60,16 @@ from streams.errors import (
     Rejected,
     TransientError,
 )
-from streams.jobs.decisions import backoff_cap_s
-from streams.jobs.registry import Retries
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record, TopicPartition
+from streams.retry import Backoff
 from streams.settings import Settings
 from streams.telemetry import health, metrics
 from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.engine")
 T = TypeVar("T")
-RESET_BACKOFF = Retries(max_attempts=1_000_000, base_delay_s=0.5, max_delay_s=10.0)
+RESET_BACKOFF = Backoff(base_s=0.5, cap_s=10.0)
 REQUEST_TIMEOUT_S = 30.0  # a broker request that takes longer resets the partition
 CLOSE_TIMEOUT_S = 5.0  # stopping a client, aborting a transaction: best effort, bounded
 PROGRESS_BOUND_S = 60.0  # not ready when there is lag and no batch committed for this long
@@ -292,7 +291,7 @@ class Processor:
         while True:
             if reason is not None:
                 self.failures[p] += 1
-                delay_s = self.rng.uniform(0, backoff_cap_s(RESET_BACKOFF, self.failures[p]))
+                delay_s = RESET_BACKOFF.delay_s(self.failures[p], self.rng)
                 log.warning("partition reset", exc_info=reason, extra=fields(
                     role=self.role, partition=p, attempt=self.failures[p],
                     backoff_s=round(delay_s, 3)))

@@ -43,7 +43,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
-from streams import codec
+from streams import codec, retry
 from streams.errors import (
     DatabaseUnavailable,
     InvalidEvent,
@@ -67,6 +67,7 @@ log = logging.getLogger("cronorch.jobs")
 Clock = Callable[[], datetime]
 Emit = Callable[[JobRun], Awaitable[None]]
 MAX_MESSAGE = 300
+TRIGGER_BACKOFF = retry.Backoff(base_s=0.5, cap_s=30.0)
 WINDOW_POLL_S = 5.0  # how often the process looks for partial runs whose window opened
 
 
@@ -560,8 +561,7 @@ class Runner:
                     progress=outcome.progress)
                 break
             except DatabaseUnavailable:
-                await self.sleep(jobs.backoff_cap_s(job.retries, persist_attempt)
-                                 * self.rng.random())
+                await self.sleep(jobs.backoff(job.retries).delay_s(persist_attempt, self.rng))
         await self.record(run)
         return run
 
@@ -878,18 +878,17 @@ async def _handle_record(runner: Runner, value: bytes | None, offset: int,
     except WireError as exc:
         log.warning("bad job trigger ignored", extra=fields(offset=offset, reason=exc.reason))
         return True
-    delay_s = 0.5
     started = time.monotonic()
-    while not stop.is_set():
-        try:
-            await runner.handle(trigger)
-            return True
-        except DatabaseUnavailable as exc:
-            # The claim is the commit point: without it the trigger is not consumed.
-            log.warning("database unavailable: trigger retried", extra=fields(
-                trigger_id=trigger.trigger_id, error_message=str(exc)[:MAX_MESSAGE],
-                waited_s=round(time.monotonic() - started, 1)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), rng.uniform(0, delay_s))
-            delay_s = min(30.0, delay_s * 2)
-    return False
+
+    async def handle() -> bool:
+        await runner.handle(trigger)
+        return True
+
+    def on_retry(exc: SchedulerError, failures: int, delay_s: float) -> None:
+        # The claim is the commit point: without it the trigger is not consumed.
+        log.warning("database unavailable: trigger retried", extra=fields(
+            trigger_id=trigger.trigger_id, error_message=str(exc)[:MAX_MESSAGE],
+            waited_s=round(time.monotonic() - started, 1)))
+
+    return bool(await retry.call(handle, backoff=TRIGGER_BACKOFF, stop=stop, rng=rng,
+                                 on_retry=on_retry))

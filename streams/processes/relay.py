@@ -42,7 +42,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from streams import codec
+from streams import codec, retry
 from streams.errors import RecordRejected, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output
@@ -55,7 +55,7 @@ from streams.telemetry.logs import fields
 
 log = logging.getLogger("cronorch.relay")
 CHANNEL = "cronorch_outbox"
-MAX_DELAY_S = 30.0
+BACKOFF = retry.Backoff(base_s=0.5, cap_s=30.0)
 
 
 class Relay:
@@ -149,7 +149,7 @@ async def relay_loop(relay: Relay, stop: asyncio.Event, *, poll_interval_s: floa
     rng = rng or random.Random()
     wake = asyncio.Event()
     listener: Listener | None = None
-    delay_s = 0.5
+    failures = 0
     try:
         while not stop.is_set():
             if listen and (listener is None or not listener.alive()):
@@ -163,11 +163,11 @@ async def relay_loop(relay: Relay, stop: asyncio.Event, *, poll_interval_s: floa
                 relay.counts["retries"] += 1
                 log.warning("unavailable: relay pass retried", extra=fields(
                     error_class=type(exc).__name__, error_message=str(exc)[:300]))
+                failures += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), rng.uniform(0, delay_s))
-                delay_s = min(MAX_DELAY_S, delay_s * 2)
+                    await asyncio.wait_for(stop.wait(), BACKOFF.delay_s(failures, rng))
                 continue
-            delay_s = 0.5
+            failures = 0
             if published:
                 log.debug("outbox rows published", extra=fields(rows=published))
             cause = await _sleep(wake, stop, poll_interval_s)

@@ -45,6 +45,7 @@ from aiokafka.errors import KafkaError
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
 from schemas.limits import MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
+from streams import retry
 from streams.errors import DatabaseError, InvalidEvent, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
@@ -151,7 +152,7 @@ class SpawnSink:
     def __init__(self, settings: Settings, db: Database, producer: Any, *,
                  rng: random.Random | None = None, base_delay_s: float = 0.5) -> None:
         self.settings = settings
-        self.base_delay_s = base_delay_s
+        self.backoff = retry.Backoff(base_s=base_delay_s, cap_s=MAX_DELAY_S)
         self.db = db
         self.producer = producer
         self.rng = rng or random.Random()
@@ -227,22 +228,16 @@ class SpawnSink:
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
         """``op()`` retried on retriable errors with backoff and full jitter; None if stopped."""
-        delay_s = self.base_delay_s
         started = time.monotonic()
-        while not stop.is_set():
-            try:
-                return await op()
-            except SchedulerError as exc:
-                if not exc.retriable:
-                    raise
-                log.warning("unavailable: retrying", extra=fields(
-                    error_class=type(exc).__name__, error_message=str(exc)[:300],
-                    waited_s=round(time.monotonic() - started, 1)))
-                self.counts["retries"] += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.rng.uniform(0, delay_s))
-                delay_s = min(MAX_DELAY_S, delay_s * 2)
-        return None
+
+        def on_retry(exc: SchedulerError, failures: int, delay_s: float) -> None:
+            log.warning("unavailable: retrying", extra=fields(
+                error_class=type(exc).__name__, error_message=str(exc)[:300],
+                waited_s=round(time.monotonic() - started, 1)))
+            self.counts["retries"] += 1
+
+        return await retry.call(op, backoff=self.backoff, stop=stop, rng=self.rng,
+                                on_retry=on_retry)
 
 
 # --- the process ------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def test_failed_transaction_resets_with_backoff_and_retries(
     assert broker.aborts == 1 and broker.seeks == [10, 10]
     assert handler.assigned == 2  # restored once more after the reset
     assert len(sleeps) == 1 + failing_starts  # one backoff per attempt to reopen
-    caps = [engine.backoff_cap_s(engine.RESET_BACKOFF, n + 1) for n in range(len(sleeps))]
+    caps = [engine.RESET_BACKOFF.bound_s(n + 1) for n in range(len(sleeps))]
     assert all(0 <= s <= cap for s, cap in zip(sleeps, caps, strict=True))
 
 
