@@ -350,11 +350,49 @@ async def send_all(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> Non
 
     Inside a transaction this drains the send buffer before the commit is asked for, and
     every delivery future is retrieved, so a fenced or failed batch raises here once
-    instead of leaving unretrieved exceptions behind.
+    instead of leaving unretrieved exceptions behind (also when a send itself raises
+    part-way: the futures already made are awaited before the error goes on). Raises
+    aiokafka's errors: the engine decides on them; processes use ``send``.
     """
-    futures = [await producer.send(out.topic, key=out.key, value=out.value,
-                                   partition=out.partition) for out in outputs]
+    futures = []
+    try:
+        for out in outputs:
+            futures.append(await producer.send(out.topic, key=out.key, value=out.value,
+                                               partition=out.partition))
+    except BaseException:
+        await asyncio.gather(*futures, return_exceptions=True)
+        raise
     results = await asyncio.gather(*futures, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+async def send(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
+    """``send_all`` with aiokafka's errors translated into ours."""
+    async with translated():
+        await send_all(producer, outputs)
+
+
+async def start(*clients: Any) -> None:
+    """Start producers and consumers, translating aiokafka's errors into ours."""
+    async with translated():
+        for client in clients:
+            await client.start()
+
+
+async def stop_quietly(*clients: Any) -> None:
+    """Stop producers and consumers on the way out; a broker already gone is no news."""
+    for client in clients:
+        with suppress(KafkaError):
+            await client.stop()
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Turn an aiokafka error raised inside into ours (``translate``), chained with ``from``:
+    the one place processes meet aiokafka's exceptions."""
+    try:
+        yield
+    except (TimeoutError, KafkaError) as exc:
+        raise translate(exc) from exc

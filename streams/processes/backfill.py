@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from schemas import Tick
 from streams import codec
@@ -218,15 +217,14 @@ async def run(settings: Settings, start: datetime, end: datetime, *, dry_run: bo
         return {**result.summary(), "emitted": 0, "dry_run": True}
     producer = kafka.producer(settings, settings.transactional_id(ROLE))
     try:
-        await producer.start()  # fences any other backfill before we read what is present
-        await _present(settings, result)
-        missing = list(result.missing.values())
-        if missing:
-            await producer.begin_transaction()
-            await kafka.send_all(producer, missing)
-            await producer.commit_transaction()
-    except KafkaError as exc:
-        raise kafka.translate(exc) from exc
+        async with kafka.translated():
+            await producer.start()  # fences any other backfill before we read what is there
+            await _present(settings, result)
+            missing = list(result.missing.values())
+            if missing:
+                await producer.begin_transaction()
+                await kafka.send_all(producer, missing)
+                await producer.commit_transaction()
     finally:
         await producer.stop()
     log.info("backfill emitted", extra=fields(**{k: v for k, v in result.summary().items()

@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from schemas import TaskUpserted, UserSettings
 from schemas.wire import WireError, dumps, loads
@@ -98,10 +97,7 @@ async def publish_snapshot(settings: Settings, db: Database, producer: Any, *,
                                         "task_id": row.get("task_id"), "reason": exc.reason})
                         continue
                     outputs.append(Output(topic, row["user_id"].encode(), dumps(event)))
-                try:
-                    await kafka.send_all(producer, outputs)
-                except KafkaError as exc:
-                    raise kafka.translate(exc) from exc
+                await kafka.send(producer, outputs)
                 counts[kind] += len(outputs)
                 bar.add(len(rows))
             bar.end()
@@ -125,10 +121,7 @@ async def run(settings: Settings, *, as_of: datetime, chunk_size: int = 1000,
     db = await Database.open(settings)
     producer = kafka.producer(settings, None)
     try:
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        await kafka.start(producer)
         result = await publish_snapshot(settings, db, producer, as_of=as_of,
                                         chunk_size=chunk_size, progress=progress)
         log.info("bootstrap finished", extra=fields(**result))

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from schemas import JobRun, JobTrigger, Tick
 from schemas.wire import WireError, dumps, loads
@@ -649,17 +649,12 @@ class BatchBounded:
 
 async def _emitter(settings: Settings) -> tuple[Any, Emit]:
     producer = kafka.producer(settings, None)
-    try:
-        await producer.start()
-    except KafkaError as exc:
-        raise kafka.translate(exc) from exc
+    await kafka.start(producer)
 
     async def emit(run: JobRun) -> None:
-        try:
+        async with kafka.translated():
             await producer.send_and_wait(settings.topics.job_runs, key=run.job.encode(),
                                          value=dumps(run))
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
 
     return producer, emit
 
@@ -844,10 +839,7 @@ async def _consume_triggers(settings: Settings, runner: Runner, stop: asyncio.Ev
     consumer = kafka.consumer(settings, settings.topics.job_triggers,
                               group_id=settings.group_id("jobrunner"),
                               session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        raise kafka.translate(exc) from exc
+    await kafka.start(consumer)
     rng = random.Random()
     try:
         while not stop.is_set():
@@ -866,8 +858,7 @@ async def _consume_triggers(settings: Settings, runner: Runner, stop: asyncio.Ev
                                  extra=fields(offset=msg.offset))
                         break
     finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+        await kafka.stop_quietly(consumer)
 
 
 async def _handle_record(runner: Runner, value: bytes | None, offset: int,

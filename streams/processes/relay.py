@@ -40,8 +40,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka.errors import KafkaError
-
 from streams import codec, retry
 from streams.errors import RecordRejected, SchedulerError
 from streams.kafka import client as kafka
@@ -75,11 +73,8 @@ class Relay:
     async def _publish(self, rows: list[OutboxRow]) -> None:
         outputs = [self._output(r) for r in rows]
         try:
-            await kafka.send_all(self.producer, outputs)
-        except KafkaError as exc:
-            failure = kafka.translate(exc)
-            if not isinstance(failure, RecordRejected):
-                raise failure from exc
+            await kafka.send(self.producer, outputs)
+        except RecordRejected:
             # One row the broker refuses for good (too large for the topic, invalid) must
             # not hold its user, nor the users after it, forever: find it and dead-letter it.
             # Rows sent before it may be sent twice (at-least-once; versions de-duplicate).
@@ -95,19 +90,14 @@ class Relay:
 
     async def _send_or_dead_letter(self, row: OutboxRow, out: Output) -> None:
         try:
-            await kafka.send_all(self.producer, [out])
+            await kafka.send(self.producer, [out])
             return
-        except KafkaError as exc:
-            failure = kafka.translate(exc)
-            if not isinstance(failure, RecordRejected) or \
-                    out.topic == self.settings.topics.dead_letters:
-                raise failure from exc
-            refused = type(exc).__name__
+        except RecordRejected as exc:
+            if out.topic == self.settings.topics.dead_letters:
+                raise
+            refused = type(exc.__cause__ or exc).__name__
         letter = self._dead_letter(row, f"refused by Kafka: {refused}")
-        try:
-            await kafka.send_all(self.producer, [letter])
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        await kafka.send(self.producer, [letter])
 
     def _dead_letter(self, row: OutboxRow, reason: str) -> Output:
         """A dead letter for an outbox row (source ``outbox``, offset its ``outbox_id``)."""
@@ -216,10 +206,7 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
     started = time.monotonic()
     try:
         await db.wait_for_schema()
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        await kafka.start(producer)
         log.info("relay started", extra=fields(poll_interval_s=poll_interval_s, listen=listen,
                                                batch_size=batch_size))
         summary = lifecycle.every(30, lambda: _summary("relay summary", relay, started))
@@ -228,8 +215,7 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
         finally:
             summary.cancel()
     finally:
-        with contextlib.suppress(KafkaError):
-            await producer.stop()
+        await kafka.stop_quietly(producer)
         await db.close()
         _summary("relay stopped", relay, started)
 

@@ -29,7 +29,6 @@ never titles.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -40,13 +39,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
 from schemas.limits import MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
 from streams import retry
-from streams.errors import DatabaseError, InvalidEvent, SchedulerError
+from streams.errors import DatabaseError, InvalidEvent, Rejected, SchedulerError, TransientError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
 from streams.kafka.engine import caused_by_record, dead_letter, failure_reason
@@ -220,10 +218,7 @@ class SpawnSink:
         return dead_letter(self.settings, record, reason)
 
     async def _send(self, outputs: list[Output]) -> int:
-        try:
-            await kafka.send_all(self.producer, outputs)
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        await kafka.send(self.producer, outputs)
         return len(outputs)
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
@@ -255,11 +250,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     started = time.monotonic()
     try:
         await db.wait_for_schema()
-        try:
-            await producer.start()
-            await consumer.start()
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        await kafka.start(producer, consumer)
         log.info("spawn sink started", extra=fields(group=settings.group_id(ROLE)))
         last_summary = time.monotonic()
         while not stop.is_set():
@@ -269,21 +260,19 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 if not await sink.store(records, stop):
                     return  # stopped before the batch was stored: not committed
                 try:
-                    await consumer.commit({tp: records[-1].offset + 1})
-                except KafkaError as exc:
+                    async with kafka.translated():
+                        await consumer.commit({tp: records[-1].offset + 1})
+                except (TransientError, Rejected) as exc:
                     # Lost the partition in a rebalance (or the broker): its next owner
                     # reads the batch again, and storing it again changes nothing.
                     log.warning("offset commit failed: the batch will be redelivered",
                                 extra=fields(partition=tp.partition,
-                                             error_class=type(exc).__name__))
+                                             error_class=type(exc.__cause__ or exc).__name__))
             if time.monotonic() - last_summary >= 30:
                 _summary("spawn sink summary", sink, started)
                 last_summary = time.monotonic()
     finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
-        with contextlib.suppress(KafkaError):
-            await producer.stop()
+        await kafka.stop_quietly(consumer, producer)
         await db.close()
         _summary("spawn sink stopped", sink, started)
 

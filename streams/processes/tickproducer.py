@@ -25,7 +25,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
 
 from schemas import Tick
 from streams import codec
@@ -102,28 +101,21 @@ class TickPublisher:
 
     async def start(self) -> None:
         self.partitions = await kafka.partition_count(self.settings, self.settings.topics.timeline)
-        try:
-            await self.producer.start()
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        await kafka.start(self.producer)
 
     async def stop(self) -> None:
-        with contextlib.suppress(KafkaError):
-            await self.producer.stop()
+        await kafka.stop_quietly(self.producer)
 
     async def publish(self, ticks: list[datetime]) -> None:
         """Publish ``ticks`` in one transaction (all partitions, plus scheduler.ticks)."""
         topics = self.settings.topics
-        try:
-            async with self.producer.transaction():
-                targets = [(topics.ticks, 0),
-                           *((topics.timeline, p) for p in range(self.partitions))]
-                await kafka.send_all(self.producer, (
-                    Output(topic, None, codec.encode_tick(at, source=self.source), partition)
-                    for at in ticks for topic, partition in targets
-                ))
-        except KafkaError as exc:
-            raise kafka.translate(exc) from exc
+        async with kafka.translated(), self.producer.transaction():
+            targets = [(topics.ticks, 0),
+                       *((topics.timeline, p) for p in range(self.partitions))]
+            await kafka.send_all(self.producer, (
+                Output(topic, None, codec.encode_tick(at, source=self.source), partition)
+                for at in ticks for topic, partition in targets
+            ))
         metrics.TICKS.inc(len(ticks))
 
 
