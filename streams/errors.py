@@ -8,6 +8,7 @@
     ├── InfrastructureError        the local stack (Kafka jars, PostgreSQL binaries, ports)
     ├── DatabaseError              PostgreSQL rejected a statement (constraint, syntax, rights)
     ├── Fenced                     another instance owns the partition now (zombie fencing)
+    ├── OutsideTransaction         a send under exactly-once that no source partition owns
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -86,3 +87,8 @@ class DatabaseUnavailable(TransientError):
 
 class Fenced(SchedulerError):
     """Another instance took over a partition (its producer fenced ours): give it up."""
+
+
+class OutsideTransaction(SchedulerError):
+    """Under exactly-once, a send made outside the processing of an event (or for an event
+    of a partition this process does not own): no transaction could make it exactly once."""
