@@ -157,10 +157,26 @@ class PartitionTransaction:
         if not self.admits(offset):
             self.held.append((fut, offset))
             return
+        self._buffer(fut, offset)
+
+    def _buffer(self, fut: FutureMessage, offset: int) -> None:
         self.dirty.add(offset)
         self.buffered.append((fut, offset))
         if self.pump is None or self.pump.done():
             self.pump = asyncio.ensure_future(self._publish_buffered())
+
+    def _release_held(self, below: int | None = None) -> None:
+        """Buffer the held sends of events below ``below`` (all when None) into the open
+        transaction. An event that made only buffered sends is never held back at the
+        gate, so it can be acked while its sends are held: they belong to the transaction
+        that commits its offset."""
+        kept: list[tuple[FutureMessage, int]] = []
+        for fut, offset in self.held:
+            if below is None or offset < below:
+                self._buffer(fut, offset)
+            else:
+                kept.append((fut, offset))
+        self.held = kept
 
     async def _publish_buffered(self) -> None:
         # One pump per partition keeps its buffered sends (a table's changelog writes)
@@ -217,6 +233,8 @@ class PartitionTransaction:
         a crash. Then the commit is deferred: events above the highest one that has sent
         are held back until faust's next committable offset covers it."""
         async with self.lock:
+            self._check()
+            self._release_held(below=offset)
             loop = asyncio.get_running_loop()
             if self.dirty and max(self.dirty) >= offset:
                 if self.cut is None:
@@ -253,10 +271,8 @@ class PartitionTransaction:
             finally:
                 self.cut = None
                 self.opened.set()
-                held, self.held = self.held, []
                 if self.failure is None:
-                    for fut, held_offset in held:
-                        self.send_soon(fut, held_offset)
+                    self._release_held()
 
     async def abort(self) -> None:
         if self.begun:

@@ -39,7 +39,8 @@ def run_faust() -> None:
         async for value in stream:
             await sink.send(value=value)
 
-    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    # The CLI turns the web server back on (port 6066) unless told not to.
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
     app.main()
 
 
@@ -63,14 +64,17 @@ def run_faust_eos() -> None:
     @app.agent(source)
     async def copy(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
-            # Fan-out widens each transaction, so that kills land between its first send
-            # and its commit; the table write goes through faust's buffered send_soon.
+            # The table write (faust's buffered send_soon) comes first, so that it is
+            # often made while the partition commits and must wait for the next
+            # transaction. Fan-out widens each transaction, so that kills land between
+            # its first send and its commit.
+            copies[event.key] = event.value
             for j in range(fanout):
                 await sink.send(key=event.key, value=event.value if fanout == 1 else
                                 b"%s-%d" % (event.value, j))
-            copies[event.key] = event.value
 
-    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    # The CLI turns the web server back on (port 6066) unless told not to.
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
     app.main()
 
 
