@@ -109,6 +109,7 @@ class PartitionTransaction:
         self.pump: asyncio.Task[None] | None = None
         self.committed: int | None = None
         self.deferred_at = 0.0
+        self.sealed = False  # from the end of a commit's drain to its end: nothing may send
         self.failure: BaseException | None = None
         self.lock = asyncio.Lock()
         self.begin_lock = asyncio.Lock()
@@ -118,6 +119,8 @@ class PartitionTransaction:
         return bool(self.begun or self.dirty or self.buffered or self.held or self.inflight)
 
     def admits(self, offset: int) -> bool:
+        if self.sealed:
+            return False
         return self.cut is None or offset <= self.cut or offset in self.dirty
 
     def _check(self) -> None:
@@ -249,6 +252,7 @@ class PartitionTransaction:
             self.opened.clear()
             try:
                 await self._drain(timeout_s)
+                self.sealed = True
                 advance = self.committed is None or offset > self.committed
                 if not (self.begun or advance):
                     return False
@@ -270,6 +274,7 @@ class PartitionTransaction:
                 raise
             finally:
                 self.cut = None
+                self.sealed = False
                 self.opened.set()
                 if self.failure is None:
                     self._release_held()
