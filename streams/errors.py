@@ -13,6 +13,7 @@
     │   └── NotAuthorized          the credentials lack a right: stop with a clear error
     ├── ComponentStopped           a long-running part of a process ended on its own: exit
     ├── Refused                    an operator command that cannot go ahead (``jobs undo``)
+    ├── OutsideTransaction         a send under exactly-once that no source partition owns
     └── TransientError             retriable: connection loss, timeouts, serialization failures
         ├── BrokerUnavailable
         └── DatabaseUnavailable
@@ -117,3 +118,8 @@ class ComponentStopped(SchedulerError):
     def __init__(self, component: str, how: str) -> None:
         super().__init__(f"{component} {how}")
         self.component = component
+
+
+class OutsideTransaction(SchedulerError):
+    """Under exactly-once, a send made outside the processing of an event (or for an event
+    of a partition this process does not own): no transaction could make it exactly once."""

@@ -1,9 +1,12 @@
-"""Two copy apps for the exactly-once comparison: source topic → sink topic, nothing else.
+"""Copy apps for the exactly-once comparison: source topic → sink topic.
 
 ``python -m tests.acceptance.eos_apps faust`` runs faust-streaming with its own
-``processing_guarantee="exactly_once"``; ``… cronorch`` runs the same copy on this project's
-engine. The sink is a topic the app never consumes, as todo.notifications is for the worker.
-Environment: SRC, SINK, APP_ID, KAFKA_BOOTSTRAP_SERVERS.
+``processing_guarantee="exactly_once"``; ``… faust-eos`` runs faust-streaming with this
+project's transactional layer (``broker="cronorch://…"``, streams/faust), whose copy also
+writes each record to a table, so that its changelog is checked too; ``… cronorch`` runs
+the copy on this project's engine. The sink is a topic the app never consumes, as
+todo.notifications is for the worker.
+Environment: SRC, SINK, APP_ID, KAFKA_BOOTSTRAP_SERVERS, FANOUT, DATADIR.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def run_faust() -> None:
         os.environ["APP_ID"], broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
         store="memory://", processing_guarantee="exactly_once", web_enabled=False,
         broker_commit_every=50, broker_commit_interval=0.5,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset="earliest", datadir=os.environ.get("DATADIR", "."),
     )
     source = app.topic(os.environ["SRC"], value_serializer="raw", key_serializer="raw")
     sink = app.topic(os.environ["SINK"], value_serializer="raw", key_serializer="raw")
@@ -36,7 +39,42 @@ def run_faust() -> None:
         async for value in stream:
             await sink.send(value=value)
 
-    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    # The CLI turns the web server back on (port 6066) unless told not to.
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
+    app.main()
+
+
+def run_faust_eos() -> None:
+    import faust
+
+    fanout = int(os.environ.get("FANOUT", "1"))
+    app = faust.App(
+        os.environ["APP_ID"], broker=f"cronorch://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
+        store="memory://", processing_guarantee="exactly_once", web_enabled=False,
+        broker_commit_every=50, broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest", datadir=os.environ.get("DATADIR", "."),
+        # A SIGKILLed member holds its partitions until its session expires.
+        broker_session_timeout=6, broker_heartbeat_interval=1,
+        key_serializer="raw", value_serializer="raw",
+    )
+    source = app.topic(os.environ["SRC"], value_serializer="raw", key_serializer="raw")
+    sink = app.topic(os.environ["SINK"], value_serializer="raw", key_serializer="raw")
+    copies = app.Table("copies", partitions=3)
+
+    @app.agent(source)
+    async def copy(stream):  # type: ignore[no-untyped-def]
+        async for event in stream.events():
+            # The table write (faust's buffered send_soon) comes first, so that it is
+            # often made while the partition commits and must wait for the next
+            # transaction. Fan-out widens each transaction, so that kills land between
+            # its first send and its commit.
+            copies[event.key] = event.value
+            for j in range(fanout):
+                await sink.send(key=event.key, value=event.value if fanout == 1 else
+                                b"%s-%d" % (event.value, j))
+
+    # The CLI turns the web server back on (port 6066) unless told not to.
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
     app.main()
 
 
@@ -69,4 +107,4 @@ def run_cronorch() -> None:
 
 
 if __name__ == "__main__":
-    {"faust": run_faust, "cronorch": run_cronorch}[sys.argv[1]]()
+    {"faust": run_faust, "faust-eos": run_faust_eos, "cronorch": run_cronorch}[sys.argv[1]]()

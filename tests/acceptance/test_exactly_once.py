@@ -5,8 +5,10 @@ while it is processing, restarted, and finally left to finish. An independent
 ``read_committed`` reader then counts the sink. faust-streaming 0.15.3's
 ``processing_guarantee="exactly_once"`` sends sink records outside the transaction, so the
 reprocessing after a kill leaves committed duplicates (faust-streaming #177, #517, #323):
-the first test pins that behaviour down, so that an upgrade that fixes it is noticed. Our
-engine must show 0 duplicates and 0 missing under the same treatment.
+the first test pins that behaviour down, so that an upgrade that fixes it is noticed.
+faust-streaming with this project's transactional layer (streams/faust) and our own engine
+must show 0 duplicates and 0 missing under the same treatment; the faust copy also writes
+a table, whose changelog must hold each record exactly once too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ pytestmark = pytest.mark.kafka
 RECORDS = 8000
 CRONORCH_RECORDS = 16000  # our engine is faster: a longer backlog keeps ≥5 kills in flight
 FANOUT = 50
+FAUST_EOS_RECORDS = 6000
+FAUST_EOS_FANOUT = 10
 
 
 def _start(engine: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -74,16 +78,18 @@ async def _sink_end(settings: Settings, sink: str) -> int:
 
 def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: int,
                     until_duplicates: bool = False, fanout: int = 1,
-                    records: int = RECORDS) -> tuple[Counter[bytes], int]:
-    """Kill ``engine`` with SIGKILL up to ``kills`` times while it copies; return the sink
-    and how many kills landed while the source was not fully consumed."""
+                    records: int = RECORDS,
+                    tables: tuple[str, ...] = ()) -> tuple[Counter[bytes], int]:
+    """Kill ``engine`` with SIGKILL up to ``kills`` times while it copies; return what the
+    sink (and each table's changelog) holds, and how many kills landed while the source was
+    not fully consumed."""
     run = uuid.uuid4().hex[:8]
     src, sink = f"eos-{engine}-{run}.src", f"eos-{engine}-{run}.sink"
     app_id = f"eos-{engine}-{run}"
-    group = app_id if engine == "faust" else f"{app_id}-copy"
+    group = app_id if engine.startswith("faust") else f"{app_id}-copy"
     env = {**os.environ, "SRC": src, "SINK": sink, "APP_ID": app_id,
            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "METRICS_PORT": "0",
-           "FANOUT": str(fanout)}
+           "FANOUT": str(fanout), "DATADIR": str(tmp_path / "data")}
     log = tmp_path / f"{engine}.log"
     rng = random.Random(17)
 
@@ -129,7 +135,11 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return await _sink(settings, sink), landed
+        counts = await _sink(settings, sink)
+        for table in tables:
+            changelog = await _sink(settings, f"{app_id}-{table}-changelog")
+            counts.update(b"%s:%s" % (table.encode(), value) for value in changelog.elements())
+        return counts, landed
 
     return asyncio.run(scenario())
 
@@ -140,6 +150,18 @@ def test_faust_builtin_exactly_once_duplicates_sink_output(settings: Settings,
     assert landed >= 1 and len(counts) == RECORDS
     duplicates = sum(c - 1 for c in counts.values())
     assert duplicates > 0, "faust-streaming kept exactly-once for sink topics: revisit engine.py"
+
+
+def test_faust_with_transactional_layer_exactly_once_under_sigkill(
+        settings: Settings, tmp_path: Path) -> None:
+    counts, landed = _run_with_kills("faust-eos", settings, tmp_path, kills=5,
+                                     fanout=FAUST_EOS_FANOUT, records=FAUST_EOS_RECORDS,
+                                     tables=("copies",))
+    assert landed >= 5, f"only {landed} kills landed while records were in flight"
+    expected = FAUST_EOS_RECORDS * FAUST_EOS_FANOUT + FAUST_EOS_RECORDS  # sink + changelog
+    assert len(counts) == expected, f"{expected - len(counts)} missing"
+    duplicates = {v: c for v, c in counts.items() if c > 1}
+    assert not duplicates, f"{len(duplicates)} duplicated"
 
 
 def test_cronorch_engine_exactly_once_under_sigkill(settings: Settings, tmp_path: Path) -> None:

@@ -1,0 +1,180 @@
+"""The faust transactional layer (streams/faust) without a broker: how it plugs into faust,
+the faust internals it relies on (so that a faust upgrade that moves them fails here, not
+in production), and the transaction bookkeeping of one partition against a recording
+producer. tests/acceptance/test_exactly_once.py proves it against Kafka under SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import faust
+import pytest
+from faust.app.base import App
+from faust.streams import Stream
+from faust.tables.base import Collection
+from faust.topics import Topic
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.faust import transport
+from streams.faust.transport import PartitionTransaction, event_source
+
+TP0 = TP("src", 0)
+
+
+def test_broker_scheme_resolves_to_the_layer_through_the_entry_point() -> None:
+    assert faust.transport.by_url("cronorch://localhost:9092") is transport.Transport
+    assert transport.Transport.Consumer is transport.Consumer
+    assert transport.Transport.Producer is transport.Producer
+    assert transport.Transport.TransactionManager is transport.TransactionManager
+
+
+def test_faust_internals_the_layer_relies_on() -> None:
+    assert faust.__version__ == "0.15.3", "re-read docs/exactly-once.md against the new faust"
+    # The consumer builds its transaction manager from the transport's class attribute...
+    assert "create_transaction_manager" in inspect.getsource(faust_consumer.Consumer.__init__)
+    # ...and commits through it when exactly-once is on.
+    commit = inspect.getsource(faust_consumer.Consumer._commit_offsets)
+    assert "self.transactions.commit(" in commit
+    # Awaited sends reach the transaction manager; buffered ones (tables) app.producer.
+    assert "return self.consumer.transactions" in inspect.getsource(App.maybe_start_producer)
+    assert "self.app.producer.send_soon(fut)" in inspect.getsource(Topic.send_soon)
+    assert "changelog_topic.send_soon" in inspect.getsource(Collection.send_changelog)
+    # Producers are started (fencing) before tables recover on assignment.
+    assigned = inspect.getsource(App._on_partitions_assigned)
+    assert assigned.index("transactions.on_rebalance") < assigned.index("tables.on_rebalance")
+    # Per-partition producers are built the way faust builds its own.
+    assert "transactional_id" in inspect.signature(faust_aiokafka.Producer._new_producer).parameters
+    # The stream's skip test, which Consumer._skipped mirrors.
+    aiter = inspect.getsource(Stream._py_aiter)
+    assert "message.generation_id != self.app.consumer_generation_id" in aiter
+    assert "not self.app.flow_control.is_active()" in aiter
+    assert "_current_event_contextvar.set(" in aiter
+
+
+class RecordingProducer:
+    """Records what a transactional aiokafka producer is asked to do, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail_delivery = False
+
+    async def begin_transaction(self) -> None:
+        self.calls.append(("begin",))
+
+    async def send(self, topic: str, value: bytes | None, **kwargs: Any) -> asyncio.Future[Any]:
+        self.calls.append(("send", topic, value))
+        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.fail_delivery:
+            delivery.set_exception(RuntimeError("broker said no"))
+        else:
+            delivery.set_result(None)
+        return delivery
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
+        self.calls.append(("offsets", *offsets.values()))
+
+    async def commit_transaction(self) -> None:
+        self.calls.append(("commit",))
+
+    async def abort_transaction(self) -> None:
+        self.calls.append(("abort",))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+class Channel:
+    """Publishes a buffered send the way a faust topic does: through the transaction of
+    the event the layer bound it to."""
+
+    def __init__(self, txn: PartitionTransaction) -> None:
+        self.txn = txn
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> Any:
+        source = event_source()
+        assert source is not None and source[0] == TP0
+        return await self.txn.send(source[1], "changelog", None, fut.value, None, None, None)
+
+
+class Buffered:
+    def __init__(self, channel: Channel, value: bytes) -> None:
+        self.message = self
+        self.channel = channel
+        self.value = value
+
+    def done(self) -> bool:
+        return False
+
+
+def _sends(producer: RecordingProducer) -> list[Any]:
+    return [c for c in producer.calls if c[0] != "begin"]
+
+
+def test_commit_waits_for_an_event_that_has_sent_to_be_covered() -> None:
+    async def scenario() -> None:
+        producer = RecordingProducer()
+        txn = PartitionTransaction(TP0, producer, "group")
+        await txn.send(10, "sink", None, b"10", None, None, None)  # event 10 done
+        await txn.send(11, "sink", None, b"11a", None, None, None)  # event 11 in progress
+        # faust: everything below 11 is acked; event 11 has output in the transaction.
+        assert not await txn.commit(11)
+        assert _sends(producer) == [("send", "sink", b"10"), ("send", "sink", b"11a")]
+        # Event 11 may go on; event 12 waits for the next transaction.
+        await txn.send(11, "sink", None, b"11b", None, None, None)
+        blocked = asyncio.ensure_future(txn.send(12, "sink", None, b"12", None, None, None))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        assert await txn.commit(12)  # event 11 acked: faust's offset now covers it
+        await blocked
+        assert _sends(producer) == [
+            ("send", "sink", b"10"), ("send", "sink", b"11a"), ("send", "sink", b"11b"),
+            ("offsets", 12), ("commit",), ("send", "sink", b"12")]
+        assert txn.dirty == {12}
+
+    asyncio.run(scenario())
+
+
+def test_buffered_sends_held_during_a_commit_join_the_transaction_of_their_offset() -> None:
+    async def scenario() -> None:
+        producer = RecordingProducer()
+        txn = PartitionTransaction(TP0, producer, "group")
+        channel = Channel(txn)
+        await txn.send(5, "sink", None, b"5", None, None, None)
+        assert not await txn.commit(5)  # event 5 still in progress: gate closed above it
+        txn.send_soon(Buffered(channel, b"6"), 6)  # type: ignore[arg-type]
+        assert txn.held  # event 6 made only a buffered send, so nothing held it back...
+        assert await txn.commit(7)  # ...and faust acked it: its write is in this commit
+        assert _sends(producer) == [("send", "sink", b"5"), ("send", "changelog", b"6"),
+                                    ("offsets", 7), ("commit",)]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_delivery_aborts_instead_of_committing() -> None:
+    async def scenario() -> None:
+        producer = RecordingProducer()
+        txn = PartitionTransaction(TP0, producer, "group")
+        producer.fail_delivery = True
+        await txn.send(1, "sink", None, b"1", None, None, None)
+        with pytest.raises(RuntimeError, match="broker said no"):
+            await txn.commit(2)
+        assert _sends(producer) == [("send", "sink", b"1"), ("abort",)]
+        with pytest.raises(faust.exceptions.ProducerSendError):
+            await txn.send(2, "sink", None, b"2", None, None, None)
+
+    asyncio.run(scenario())
+
+
+def test_nothing_to_commit_commits_nothing() -> None:
+    async def scenario() -> None:
+        producer = RecordingProducer()
+        txn = PartitionTransaction(TP0, producer, "group")
+        assert await txn.commit(3)  # offsets alone still move forward
+        assert not await txn.commit(3)
+        assert _sends(producer) == [("offsets", 3), ("commit",)]
+
+    asyncio.run(scenario())
