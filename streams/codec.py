@@ -9,7 +9,7 @@ No Kafka or PostgreSQL client here.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from pydantic import TypeAdapter
@@ -19,6 +19,7 @@ from schemas.events import TaskEvent
 from schemas.limits import MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
 from streams.errors import InvalidEvent
+from streams.timecore.instants import format_instant
 
 __all__ = ["dead_letter", "decode_task_event", "decode_timeline", "dumps"]
 
@@ -60,3 +61,19 @@ def dead_letter(reason: str, *, topic: str, partition: int, offset: int, key: by
     """A dead letter for a record that failed; ``failed_at`` is the record's broker time."""
     return DeadLetter.of(reason=reason, topic=topic, partition=partition, offset=offset,
                          key=key, value=value or b"", failed_at=failed_at)
+
+
+def tick_refusal(tick: Tick, broker_timestamp_ms: int, max_ahead_s: float) -> str | None:
+    """Why a live tick is refused, or None: one wrong clock reading puts it further than
+    ``max_ahead_s`` ahead of its record's broker timestamp. Range ticks are an operator's
+    explicit choice of time and always pass (docs/contracts.md, time sanity)."""
+    if tick.source != "live" or broker_timestamp_ms < 0:
+        return None
+    broker_at = datetime.fromtimestamp(broker_timestamp_ms / 1000, UTC)
+    ahead_s = (tick.tick_at - broker_at).total_seconds()
+    if ahead_s <= max_ahead_s:
+        return None
+    return (f"tick_at: live tick is {ahead_s:.0f} s ahead of the broker time "
+            f"{format_instant(broker_at)} (limit {max_ahead_s:.0f} s); "
+            "refused: publish a range tick to move time on purpose")
+

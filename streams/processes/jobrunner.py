@@ -126,6 +126,13 @@ class TriggerAgent:
                 outputs.append(dead_letter(self.settings, record,
                                            f"expected a tick, got '{item.type}'"))
                 continue
+            refusal = codec.tick_refusal(item, record.timestamp_ms,
+                                         self.settings.tick_max_ahead_s)
+            if refusal is not None:  # one wrong clock reading decides no slot (as timeline)
+                log.warning("live tick refused", extra=fields(offset=record.offset))
+                metrics.TICKS_REFUSED.inc()
+                outputs.append(dead_letter(self.settings, record, refusal))
+                continue
             # The very first tick has no predecessor in the log: one grid step before it.
             previous = watermark or item.tick_at - grid
             if item.tick_at <= previous:

@@ -31,7 +31,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from aiokafka.partitioner import murmur2
 
@@ -174,15 +173,7 @@ class TimelineAgent:
 
     def _refusal(self, record: Record, tick: Tick) -> str | None:
         """Why a live tick is refused, or None: too far ahead of the broker's clock."""
-        if tick.source != "live" or record.timestamp_ms < 0:
-            return None
-        broker_at = datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
-        ahead_s = (tick.tick_at - broker_at).total_seconds()
-        if ahead_s <= self.settings.tick_max_ahead_s:
-            return None
-        return (f"tick_at: live tick is {ahead_s:.0f} s ahead of the broker time "
-                f"{broker_at.isoformat()} (limit {self.settings.tick_max_ahead_s} s); "
-                "refused: publish a range tick to move time on purpose")
+        return codec.tick_refusal(tick, record.timestamp_ms, self.settings.tick_max_ahead_s)
 
     def _reject(self, record: Record, reason: str, outputs: list[Output],
                 effects: Effects) -> None:

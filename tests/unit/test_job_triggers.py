@@ -42,11 +42,18 @@ class Harness:
         self.triggers: list[JobTrigger] = []
         self.agent.assign(0, [])
 
-    def feed(self, ticks: list[datetime]) -> None:
-        records = [Record(SETTINGS.topics.ticks, 0, i, None, encode_tick(at), 0)
+    def feed(self, ticks: list[datetime], *, broker_at: datetime | None = None,
+             source: str = "live") -> None:
+        """Live ticks stamped by the broker at their own time (on time) unless told."""
+        records = [Record(SETTINGS.topics.ticks, 0, i, None, encode_tick(at, source=source),
+                          int((broker_at or at).timestamp() * 1000))
                    for i, at in enumerate(ticks)]
+        self.letters: list[Output] = []
         for out in self.agent.process(0, records):
-            self._keep(out)
+            if out.topic == SETTINGS.topics.dead_letters:
+                self.letters.append(out)
+            else:
+                self._keep(out)
 
     def _keep(self, out: Output) -> None:
         if out.topic == SETTINGS.topics.job_trigger_changelog:
@@ -111,6 +118,20 @@ def test_restart_resumes_from_the_committed_tick_not_from_the_first_one_read() -
     harness.restart()
     harness.feed([T0 + 30 * MINUTE, T0 + 5 * MINUTE])
     assert len(harness.triggers) == 31
+
+
+def test_a_live_tick_far_ahead_of_the_broker_decides_no_slot() -> None:
+    """One wrong clock reading (a live tick a year ahead) must not decide a year of slots as
+    missed: it is dead-lettered, the watermark stays; a range tick moves time on purpose."""
+    harness = Harness(_registry(ARCHIVE))
+    harness.feed([T0])
+    harness.feed([T0 + timedelta(days=365)], broker_at=T0 + MINUTE)
+    assert harness.triggers == [] and len(harness.letters) == 1
+    assert b"live tick is" in (harness.letters[0].value or b"")
+    harness.feed([T0 + 2 * MINUTE])  # time goes on from where it was
+    assert harness.agent.watermarks[0] == T0 + 2 * MINUTE
+    harness.feed([T0 + timedelta(days=2)], broker_at=T0 + 3 * MINUTE, source="range")
+    assert harness.letters == [] and harness.triggers  # the range tick decided slots
 
 
 def test_changelog_value_is_a_tick_record() -> None:
