@@ -185,7 +185,7 @@ def test_trigger_agent_dead_letters_what_is_not_a_tick() -> None:
     agent = TriggerAgent(settings, registry_module.load("deploy/jobs.yaml"))
     at = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
     records = [Record("scheduler.ticks", 0, 0, None, b"\x00junk", 0),
-               Record("scheduler.ticks", 0, 1, None, encode_tick(at), 0),
+               Record("scheduler.ticks", 0, 1, None, encode_tick(at), int(at.timestamp() * 1000)),
                Record("scheduler.ticks", 0, 2, b"u", b'{"type": "tick"}', 0)]
     outputs = agent.process(0, records)
     letters = [o for o in outputs if o.topic == settings.topics.dead_letters]
