@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 import orjson
 
 from streams.kafka import client as kafka
-from streams.settings import ENV, Settings, Topics
+from streams.settings import Settings, Topics
 from streams.testing import changelog
 from streams.timeline.changelog import restore
 from streams.timeline.state import PartitionState
@@ -85,15 +84,6 @@ def _settings(app_id: str) -> Settings:
                                                   "metrics_port": 0})
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ENV.values() and not k.startswith("TOPIC_")}
-    for field, var in ENV.items():
-        value = getattr(settings, field)
-        env[var] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    for field in Topics.model_fields:
-        env[f"TOPIC_{field.upper()}"] = getattr(settings.topics, field)
-    return env
 
 
 def _timeline_events(log: Path) -> list[dict[str, object]]:
@@ -121,7 +111,7 @@ def restore_on_broker(partitions: int, tasks: int, timeout_s: float) -> dict[str
     log = Path(tempfile.mkdtemp(prefix="bench-restore-")) / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT,
-                                env=_env(settings), stdout=out, stderr=subprocess.STDOUT,
+                                env=settings.environ(), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout_s

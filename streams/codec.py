@@ -26,12 +26,19 @@ __all__ = ["dead_letter", "decode_task_event", "decode_timeline", "dumps"]
 T = TypeVar("T")
 
 
-def _decode(adapter: TypeAdapter[T], value: bytes | None) -> T:
+def checked_size(value: bytes | None) -> bytes:
+    """``value``, or ``InvalidEvent`` when it is missing or over ``MAX_RECORD_BYTES`` (checked
+    before any parsing, so a huge record costs nothing)."""
     if value is None:
         raise InvalidEvent("empty record value")
     if len(value) > MAX_RECORD_BYTES:
         raise InvalidEvent(f"record of {len(value)} bytes is over the limit of "
                            f"{MAX_RECORD_BYTES} bytes")
+    return value
+
+
+def _decode(adapter: TypeAdapter[T], value: bytes | None) -> T:
+    value = checked_size(value)
     try:
         return loads(adapter, value)
     except WireError as exc:

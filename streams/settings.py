@@ -120,6 +120,19 @@ class Settings(BaseModel):
                 raise ConfigError(ENV[field], f"is set but KAFKA_SECURITY_PROTOCOL is {protocol} "
                                   "(TLS files need SSL or SASL_SSL)")
 
+    def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default ``os.environ``) with exactly these settings in it: the
+        environment a subprocess needs to build the same ``Settings`` (tests, benchmarks)."""
+        env = {k: v for k, v in (os.environ if base is None else base).items()
+               if k not in ENV.values() and not k.startswith("TOPIC_")}
+        for field, var in ENV.items():
+            value = getattr(self, field)
+            env[var] = (value.get_secret_value() if isinstance(value, SecretStr)
+                        else str(value))
+        for field in Topics.model_fields:
+            env[f"TOPIC_{field.upper()}"] = getattr(self.topics, field)
+        return env
+
     def group_id(self, role: str) -> str:
         return f"{self.app_id}-{role}"
 

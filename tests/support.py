@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from streams.kafka import client as kafka
-from streams.settings import ENV, Settings, Topics
+from streams.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,14 +28,7 @@ def settings_for(app_id: str, **overrides: Any) -> Settings:
 
 def env_for(settings: Settings) -> dict[str, str]:
     """The environment a subprocess needs to see exactly ``settings``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ENV.values() and not k.startswith("TOPIC_")}
-    for field, var in ENV.items():
-        value = getattr(settings, field)
-        env[var] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    for field in Topics.model_fields:
-        env[f"TOPIC_{field.upper()}"] = getattr(settings.topics, field)
-    return env
+    return settings.environ()
 
 
 async def publish(settings: Settings, events: Iterable[dict[str, Any] | bytes],

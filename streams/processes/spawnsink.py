@@ -41,9 +41,8 @@ from typing import Any, TypeVar
 import orjson
 
 from schemas import Occurrence, SpawnTemplate, Task, TaskSpawn, TaskUpserted
-from schemas.limits import MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
-from streams import retry
+from streams import codec, retry
 from streams.errors import DatabaseError, InvalidEvent, Rejected, SchedulerError, TransientError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
@@ -82,11 +81,7 @@ def _known(document: dict[str, Any]) -> dict[str, Any]:
 
 def decode_spawn(value: bytes | None) -> TaskSpawn:
     """A ``task.spawn`` command, or ``InvalidEvent`` with a reason that is safe to log."""
-    if value is None:
-        raise InvalidEvent("empty record value")
-    if len(value) > MAX_RECORD_BYTES:
-        raise InvalidEvent(f"record of {len(value)} bytes is over the limit of "
-                           f"{MAX_RECORD_BYTES} bytes")
+    value = codec.checked_size(value)
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
