@@ -405,6 +405,7 @@ class Processor:
             await self.consumer.start()
         except KafkaError as exc:
             raise kafka.translate(exc) from exc
+        metrics.PROCESSOR_UP.labels(self.role).set(1)
         try:
             while not stop.is_set():
                 if self.crashed is not None:
@@ -421,6 +422,7 @@ class Processor:
                             break
                         await self._process(tp, msgs)
         finally:
+            metrics.PROCESSOR_UP.labels(self.role).set(0)
             self.stopping = True
             await self._shutdown()
             self.ended = True
@@ -475,6 +477,15 @@ class Processor:
             await _abort_quietly(producer)
             raise
         self.next_offset[p] = records[-1].offset + 1
+        committed_at_s = time.time()
+        on_commit = getattr(self.handler, "committed", None)
+        if on_commit is not None:
+            on_commit(p, committed_at_s)
+        metrics.LAST_COMMIT.labels(self.role).set(committed_at_s)
+        highwater = self.consumer.highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(self.role, str(p)).set(
+                max(0, highwater - self.next_offset[p]))
         self.failures.pop(p, None)
         self.batches += 1
         self.progress_at = time.monotonic()

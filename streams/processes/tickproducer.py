@@ -221,6 +221,19 @@ async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease,
     if last is not None and nxt <= now:
         log.info("tick catch-up", extra=fields(resume_from=nxt.isoformat()))
     ahead = timedelta(seconds=settings.tick_max_ahead_s)
+    published: list[datetime] = [] if last is None else [last]
+    # Computed when Prometheus scrapes: it grows while ticks stop, whatever this loop does.
+    metrics.TICK_LAG.set_function(
+        lambda: (clock() - published[-1]).total_seconds() if published else 0.0)
+    try:
+        await _publish_grid(publisher, lease, step, nxt, ahead, step_s, clock, stop, published)
+    finally:
+        metrics.TICK_LAG.set_function(lambda: 0.0)  # a standby publishes nothing
+
+
+async def _publish_grid(publisher: TickPublisher, lease: Lease, step: timedelta, nxt: datetime,
+                        ahead: timedelta, step_s: int, clock: Callable[[], datetime],
+                        stop: asyncio.Event, published: list[datetime]) -> None:
     while not stop.is_set() and await lease.poll():
         now = clock()
         if nxt - now > ahead:
@@ -238,7 +251,7 @@ async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease,
                 if not lease.held:
                     return
                 await publisher.publish(due)
-            metrics.TICK_LAG.set((clock() - due[-1]).total_seconds())
+            published[:] = [due[-1]]
             continue
         wait_s = min(0.5, max(0.0, (nxt - clock()).total_seconds()))
         with contextlib.suppress(TimeoutError):

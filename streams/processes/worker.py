@@ -95,6 +95,9 @@ class TimelineAgent:
         self.settings = settings
         self.changelog_topic: str | None = settings.topics.state_changelog
         self.states: dict[int, PartitionState] = {}
+        # (kind, fire_at as epoch seconds) of the batch in flight, per partition: observed as
+        # lateness once the engine has committed it (``committed``), never before.
+        self.fired: dict[int, list[tuple[str, float]]] = {}
         self.counts: Counter[str] = Counter()
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
@@ -108,9 +111,18 @@ class TimelineAgent:
 
     def revoke(self, partition: int) -> None:
         self.states.pop(partition, None)
-        # The new owner reports this partition's watermark from now on.
+        self.fired.pop(partition, None)
+        # The new owner reports this partition's watermark and pending fires from now on.
         with contextlib.suppress(KeyError):
             metrics.WATERMARK.remove(str(partition))
+        with contextlib.suppress(KeyError):
+            metrics.PENDING_FIRES.remove(str(partition))
+
+    def committed(self, partition: int, committed_at_s: float) -> None:
+        """The engine committed ``partition``'s batch at ``committed_at_s``: its fires are out
+        (read_committed), so their lateness is known."""
+        for kind, fire_at_s in self.fired.pop(partition, ()):
+            metrics.FIRE_LATENESS.labels(kind).observe(max(0.0, committed_at_s - fire_at_s))
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
         state = self.states[partition]
@@ -150,10 +162,13 @@ class TimelineAgent:
                         error_class=type(exc).__name__))
                     self._reject(record, failure_reason(exc, "applying"), outputs, effects)
         topics = self.settings.topics
+        fired = self.fired[partition] = []
         for out in effects.outputs:
             topic = topics.task_commands if isinstance(out, TaskSpawn) else topics.notifications
             outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
             metrics.NOTIFICATIONS.labels(out.type).inc()
+            fired.append((out.type, out.fire_at.timestamp()))
+        metrics.PENDING_FIRES.labels(str(partition)).set(len(state.index))
         for key in sorted(effects.dirty):
             outputs.append(Output(topics.state_changelog, key.encode(), snapshot(state, key),
                                   partition))

@@ -24,7 +24,19 @@ WATERMARK = Gauge("cronorch_watermark_timestamp_seconds", "Last processed tick p
 TICKS = Counter("cronorch_ticks_published_total", "Ticks published by the tick producer")
 TICKS_REFUSED = Counter("cronorch_ticks_refused_total",
                         "Live ticks refused by the timeline agent: too far ahead of broker time")
-TICK_LAG = Gauge("cronorch_tick_lag_seconds", "Wall clock minus the last published tick")
+TICK_LAG = Gauge("cronorch_tick_lag_seconds", "Wall clock minus the last published tick, "
+                 "computed at scrape time (grows while ticks stop; 0 on a standby)")
+FIRE_LATENESS = Histogram("cronorch_fire_lateness_seconds", "Commit time minus fire_at of "
+                          "each emitted fire", ["kind"],
+                          buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 10800))
+PENDING_FIRES = Gauge("cronorch_pending_fires", "Fires waiting in a timeline partition's due "
+                      "index", ["partition"])
+CONSUMER_LAG = Gauge("cronorch_consumer_lag_records", "Records of a source partition not yet "
+                     "processed (high watermark minus the next offset)", ["role", "partition"])
+PROCESSOR_UP = Gauge("cronorch_processor_up", "1 while a processor runs, 0 once it stopped",
+                     ["role"])
+LAST_COMMIT = Gauge("cronorch_last_commit_timestamp_seconds", "When a processor last "
+                    "committed a transaction", ["role"])
 
 
 def declare_series() -> None:

@@ -137,6 +137,7 @@ class DueIndex:
     def __init__(self) -> None:
         self._buckets: dict[int, set[tuple[str, datetime]]] = {}
         self._heap: list[int] = []
+        self._count = 0  # entries held (re-planned ones included until their bucket is due)
 
     def add(self, key: str, fire_at: datetime) -> None:
         bucket = int(fire_at.timestamp()) // BUCKET_S
@@ -144,13 +145,16 @@ class DueIndex:
         if entries is None:
             entries = self._buckets[bucket] = set()
             heapq.heappush(self._heap, bucket)
-        entries.add((key, fire_at))
+        if (key, fire_at) not in entries:
+            entries.add((key, fire_at))
+            self._count += 1
 
     def discard(self, key: str, fire_at: datetime) -> None:
         # An emptied bucket stays until its minute comes: the heap holds its number.
         entries = self._buckets.get(int(fire_at.timestamp()) // BUCKET_S)
-        if entries is not None:
+        if entries is not None and (key, fire_at) in entries:
             entries.discard((key, fire_at))
+            self._count -= 1
 
     def pop_due(self, tick_at: datetime) -> Iterator[tuple[str, datetime]]:
         """Remove and yield entries with ``fire_at <= tick_at``, in (fire_at, key) order."""
@@ -165,11 +169,12 @@ class DueIndex:
                 self._buckets[bucket] = later
                 heapq.heappush(self._heap, bucket)
                 break
+        self._count -= len(due)
         for at, key in sorted(due):
             yield key, at
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._buckets.values())
+        return self._count
 
 
 SPAWN_CATCHUP_S = 7 * 24 * 3600

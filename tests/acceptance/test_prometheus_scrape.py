@@ -77,6 +77,13 @@ scrape_configs:
 
         await eventually(moved, 90, "cronorch_records_total to reach Prometheus")
         up = _query(base, "/api/v1/query", query='up{component="worker"}')["result"]
+
+        def processors_up() -> bool:
+            result = _query(base, "/api/v1/query",
+                            query='sum(cronorch_processor_up{role=~"rekeyer|timeline"})')
+            return bool(result["result"]) and result["result"][0]["value"][1] == "2"
+
+        await eventually(processors_up, 30, "both processors up in Prometheus")
         groups = _query(base, "/api/v1/rules")["groups"]
         alerts = _query(base, "/api/v1/alerts")["alerts"]
         guards = [_query(base, "/api/v1/query", query=f'absent(up{{component="{c}"}} == 1)')

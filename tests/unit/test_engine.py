@@ -85,6 +85,9 @@ class FakeConsumer:
     def resume(self, *tps: TopicPartition) -> None:
         self.paused.difference_update(tps)
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None  # the engine reports lag only when the client knows the end
+
     def last_stable_offset(self, tp: TopicPartition) -> int | None:
         return None
 
