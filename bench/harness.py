@@ -243,6 +243,9 @@ class WorkerLog:
     started_at: float | None = None
     assigned_at: dict[str, float] = field(default_factory=dict)  # role → last assignment
     joining_at: dict[str, float] = field(default_factory=dict)  # role → first (empty) revoke
+    # role → the last "partition restored" (restores run after the assignment, off the
+    # rebalance listener: the assignment alone says nothing of the restore's end)
+    restored_at: dict[str, float] = field(default_factory=dict)
     holds: dict[str, set[int]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -263,6 +266,8 @@ class WorkerLog:
             elif event == "partitions assigned" and role:
                 fresh.holds.setdefault(role, set()).update(doc["partitions"])
                 fresh.assigned_at[role] = _ts(doc["ts"])
+            elif event == "partition restored" and role:
+                fresh.restored_at[role] = _ts(doc["ts"])
             elif event == "partitions revoked" and role:
                 fresh.joining_at.setdefault(role, _ts(doc["ts"]))
                 fresh.holds.setdefault(role, set()).difference_update(doc["partitions"])

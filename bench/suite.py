@@ -245,17 +245,20 @@ def _flow(settings: Settings, flow: Flow) -> Flow:
 
 
 def _startup(log: WorkerLog) -> float | None:
-    """Seconds from "worker started" to the timeline's assignment (restore included)."""
+    """Seconds from "worker started" to the timeline's last partition restored (or, with
+    nothing restored, its assignment)."""
     doc = log.read()
-    at = doc.assigned_at.get("timeline")
+    at = doc.restored_at.get("timeline", doc.assigned_at.get("timeline"))
     return None if at is None or doc.started_at is None else round(at - doc.started_at, 3)
 
 
 def _restore(log: WorkerLog) -> float | None:
-    """Seconds from the timeline's joining the group to its assignment: the join, six
-    producer inits (fast for known transactional ids) and the restore of every partition."""
+    """Seconds from the timeline's joining the group to its last partition restored: the
+    join, six producer inits (fast for known transactional ids) and every partition's
+    restore (which runs after the assignment, off the rebalance listener)."""
     doc = log.read()
-    at, joining = doc.assigned_at.get("timeline"), doc.joining_at.get("timeline")
+    at = doc.restored_at.get("timeline", doc.assigned_at.get("timeline"))
+    joining = doc.joining_at.get("timeline")
     return None if at is None or joining is None else round(at - joining, 3)
 
 
