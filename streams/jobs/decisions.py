@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from streams.errors import InvalidInput, TransientError
-from streams.jobs.registry import Coalesce, Job, Overlap, Retries
+from streams.jobs.model import Coalesce, Job, Overlap, Retries
 from streams.retry import Backoff
 from streams.timecore.instants import format_instant, parse_instant
 

@@ -20,21 +20,29 @@ PyYAML, the standard library and the time core.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import yaml
 
 from streams.errors import ConfigError, InvalidSchedule
+from streams.jobs.model import DEFAULT_BATCH_TIMEOUT_S as DEFAULT_BATCH_TIMEOUT_S
+from streams.jobs.model import KINDS as KINDS
+from streams.jobs.model import MAX_ATTEMPTS as MAX_ATTEMPTS
+from streams.jobs.model import Coalesce as Coalesce
+from streams.jobs.model import Job as Job
+from streams.jobs.model import KindSpec as KindSpec
+from streams.jobs.model import Overlap as Overlap
+from streams.jobs.model import Param as Param
+from streams.jobs.model import Registry as Registry
+from streams.jobs.model import Retries as Retries
 from streams.timecore.cron import CronExpression, parse_cron
 from streams.timecore.instants import format_seconds
-from streams.timecore.localtime import RFC5545, Ambiguous, DstPolicy, Nonexistent, zone
+from streams.timecore.localtime import Ambiguous, DstPolicy, Nonexistent, zone
 from streams.timecore.window import DailyWindow, parse_hhmm
 
 E = TypeVar("E", bound=StrEnum)
@@ -43,143 +51,8 @@ SAMPLE_START = datetime(2026, 1, 1, tzinfo=UTC)
 SAMPLE_END = datetime(2027, 1, 1, tzinfo=UTC)
 MAX_TIMEOUT_S = 24 * 3600
 MAX_CATCHUP_WINDOW_S = 7 * 24 * 3600
-MAX_ATTEMPTS = 20
 MAX_DELAY_S = 3600.0
-DEFAULT_BATCH_TIMEOUT_S = 300
 MAX_BATCH_PAUSE_S = 60.0
-
-
-class Overlap(StrEnum):
-    """What a slot does when the previous run of its job is still going."""
-
-    SKIP = "skip"  # record the new slot as skipped
-    BUFFER_ONE = "buffer_one"  # run it after the current one; a third one is skipped
-    ALLOW = "allow"  # run concurrently
-
-
-class Coalesce(StrEnum):
-    """Which of several slots due at once (after a gap) run."""
-
-    LATEST = "latest"
-    EARLIEST = "earliest"
-    ALL = "all"
-
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    """A kind's parameter: its type (``int`` or ``float``), default and inclusive bounds."""
-
-    type: type
-    default: int | float
-    lo: int | float
-    hi: int | float
-
-
-@dataclass(frozen=True, slots=True)
-class KindSpec:
-    """A built-in kind: whether it is heavy (owns the database for a while) and its limits."""
-
-    heavy: bool
-    min_interval_s: int
-    params: Mapping[str, Param]
-    summary: str
-
-
-KINDS: Mapping[str, KindSpec] = MappingProxyType({
-    "archive_completed": KindSpec(
-        heavy=True, min_interval_s=3600,
-        params=MappingProxyType({
-            "older_than_days": Param(int, 30, 1, 3650),
-            "batch_size": Param(int, 1000, 1, 100_000),
-        }),
-        summary="move tasks completed more than older_than_days ago into tasks_archive"),
-    "purge_expired": KindSpec(
-        heavy=True, min_interval_s=3600,
-        params=MappingProxyType({
-            "archive_retention_days": Param(int, 365, 1, 36_500),
-            "job_runs_retention_days": Param(int, 90, 1, 36_500),
-            "dead_letters_retention_days": Param(int, 30, 1, 36_500),
-            "outbox_retention_days": Param(int, 7, 1, 36_500),
-            "batch_size": Param(int, 1000, 1, 100_000),
-        }),
-        summary="delete archived tasks, job runs, dead letters and published outbox rows "
-                "past their retention"),
-    "noop": KindSpec(
-        heavy=False, min_interval_s=60,
-        params=MappingProxyType({
-            "sleep_s": Param(float, 0.0, 0.0, 3600.0),
-            "fail_attempts": Param(int, 0, 0, MAX_ATTEMPTS),
-        }),
-        summary="touch nothing; wait sleep_s; the first fail_attempts attempts fail "
-                "retriably (drills, smoke tests)"),
-})
-
-
-@dataclass(frozen=True, slots=True)
-class Retries:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(max, base·2^(n-1)))."""
-
-    max_attempts: int = 3
-    base_delay_s: float = 1.0
-    max_delay_s: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    name: str
-    kind: str
-    schedule: CronExpression
-    timezone: str = "UTC"
-    dst_policy: DstPolicy = RFC5545
-    params: Mapping[str, int | float] = field(default_factory=lambda: MappingProxyType({}))
-    timeout_s: int = 600
-    overlap: Overlap = Overlap.SKIP
-    catchup_window_s: int = 3600
-    coalesce: Coalesce = Coalesce.LATEST
-    retries: Retries = Retries()
-    paused: bool = False
-    run_window: DailyWindow | None = None  # starts only inside; stops between batches at its end
-    batch_timeout_s: int = DEFAULT_BATCH_TIMEOUT_S  # one batch (one transaction) at most
-    batch_pause_s: float = 0.0  # pacing: the runner waits this long between two batches
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return zone(self.timezone)
-
-    def window_containing(self, at: datetime) -> tuple[datetime, datetime] | None:
-        """The run window ``at`` is in; ``(at, never)`` for a job without a window."""
-        if self.run_window is None:
-            return at, datetime.max.replace(tzinfo=UTC)
-        return self.run_window.containing(at, self.tz, self.dst_policy)
-
-    def windows(self, after: datetime) -> Iterator[tuple[datetime, datetime]]:
-        """The run windows not closed at ``after``, in order (none without a window)."""
-        if self.run_window is None:
-            return iter(())
-        return self.run_window.windows(after, self.tz, self.dst_policy)
-
-    @property
-    def heavy(self) -> bool:
-        return KINDS[self.kind].heavy
-
-    def fires(self, after: datetime) -> Iterator[datetime]:
-        """Slot instants strictly after ``after``, increasing (UTC)."""
-        return self.schedule.fires(after, self.tz, self.dst_policy)
-
-
-@dataclass(frozen=True, slots=True)
-class Registry:
-    jobs: tuple[Job, ...]
-
-    def get(self, name: str) -> Job:
-        for job in self.jobs:
-            if job.name == name:
-                return job
-        raise ConfigError("jobs", f"no job named {name!r}; known: "
-                          f"{', '.join(j.name for j in self.jobs) or '(none)'}")
-
-    def names(self) -> list[str]:
-        return [j.name for j in self.jobs]
 
 
 _JOB_KEYS = ("name", "kind", "schedule", "timezone", "dst_policy", "params", "timeout_s",

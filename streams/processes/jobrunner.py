@@ -53,7 +53,7 @@ from streams.errors import (
 )
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Disposition, Outcome, OverlapAction
-from streams.jobs.registry import Job, Overlap, Registry
+from streams.jobs.model import Job, Overlap, Registry
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
 from streams.kafka.engine import Processor, dead_letter, decode_all
