@@ -744,15 +744,8 @@ async def _undo(settings: Settings, job: Job, db: Database, tag: str,
         error: SchedulerError | None = None
         outcome = Outcome()
         try:
-            batches = 0
-
-            async def pace() -> bool:
-                nonlocal batches
-                if batches and job.batch_pause_s:
-                    await asyncio.sleep(job.batch_pause_s)
-                batches += 1
-                return True
-
+            # Paced like a run; an undo has no window, so it never stops for one.
+            pace = runner._proceed(job, datetime.max.replace(tzinfo=UTC))
             outcome = await jobs.undo_archive(BatchBounded(db, job.batch_timeout_s), tag,
                                               int(job.params["batch_size"]), proceed=pace)
         except SchedulerError as exc:
