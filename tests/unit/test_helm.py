@@ -124,7 +124,7 @@ def test_every_container_has_exactly_the_settings_environment(scenario: str) -> 
     docs = render(scenario)
     config = values(scenario)["config"]
     secret_ref = {"name": values(scenario)["databaseSecret"]["existingSecret"]
-                  or "rel-cronorch-database", "key": values(scenario)["databaseSecret"]["key"]}
+                  or "rel-cronorch-credentials", "key": values(scenario)["databaseSecret"]["key"]}
     found = list(containers(docs))
     assert found
     for name, container in found:
@@ -134,7 +134,7 @@ def test_every_container_has_exactly_the_settings_environment(scenario: str) -> 
         assert env["DATABASE_URL"] == {"name": "DATABASE_URL",
                                        "valueFrom": {"secretKeyRef": secret_ref}}, name
         assert env["KAFKA_SASL_PASSWORD"] == {"name": "KAFKA_SASL_PASSWORD", "valueFrom": {
-            "secretKeyRef": {"name": "rel-cronorch-database", "key": "KAFKA_SASL_PASSWORD",
+            "secretKeyRef": {"name": "rel-cronorch-credentials", "key": "KAFKA_SASL_PASSWORD",
                              "optional": True}}}, name
         # Read back exactly as a process does: the values are the chart's config.
         environ = {k: e["value"] for k, e in env.items() if k not in SECRETS}

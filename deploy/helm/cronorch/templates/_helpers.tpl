@@ -35,7 +35,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "cronorch.chartSecretName" -}}
-{{- printf "%s-database" (include "cronorch.fullname" .) }}
+{{- printf "%s-credentials" (include "cronorch.fullname" .) }}
 {{- end }}
 
 {{- define "cronorch.secretName" -}}
