@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from streams.cli import devstack
-from streams.postgres.database import Database
+from streams.postgres.connector import Connector
 from streams.settings import Settings
 
 
@@ -33,7 +33,7 @@ async def _create(name: str) -> str:
     finally:
         await admin.close()
     url = _admin_url().rsplit("/", 1)[0] + f"/{name}"
-    db = await Database.connect(url)
+    db = await Connector.connect(url)
     try:
         await db.migrate()
     finally:

@@ -19,8 +19,11 @@ from streams.cli import devstack
 from streams.errors import DatabaseError, DatabaseUnavailable, Refused
 from streams.jobs import decisions as jobs
 from streams.jobs import registry
-from streams.postgres.database import Database, migrations, translate
+from streams.postgres.connector import Connector, migrations, translate
+from streams.postgres.runs import PgRunStore
 from streams.processes.jobrunner import Runner
+from streams.stores import Claim
+from streams.testing.stores import MemoryDataStore
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -69,7 +72,12 @@ async def _ids(url: str) -> tuple[set[str], set[str]]:
         await conn.close()
 
 
-def _runner(reg: registry.Registry, db: Database, emitted: list[JobRun], *,
+async def _store(url: str, **pool: Any) -> PgRunStore:
+    """The job runner's store on a pool of its own (close with ``store.db.close()``)."""
+    return PgRunStore(await Connector.connect(url, **pool))
+
+
+def _runner(reg: registry.Registry, db: PgRunStore, emitted: list[JobRun], *,
             seed: int = 1, runner_id: str | None = None) -> Runner:
     async def emit(run: JobRun) -> None:
         emitted.append(run)
@@ -80,7 +88,7 @@ def _runner(reg: registry.Registry, db: Database, emitted: list[JobRun], *,
 
 def test_migrate_twice_is_a_no_op(database: str) -> None:
     async def go() -> tuple[list[str], list[str], int]:
-        db = await Database.connect(database)
+        db = await Connector.connect(database)
         try:
             again = await db.migrate()
             concurrently = await asyncio.gather(db.migrate(), db.migrate())
@@ -106,7 +114,7 @@ def test_errors_are_translated() -> None:
 
 def test_unreachable_database_is_retriable() -> None:
     async def go() -> None:
-        await Database.connect("postgresql://cronorch@127.0.0.1:1/none", timeout_s=2)
+        await Connector.connect("postgresql://cronorch@127.0.0.1:1/none", timeout_s=2)
 
     with pytest.raises(DatabaseUnavailable):
         asyncio.run(go())
@@ -120,7 +128,7 @@ def store_factory(request: pytest.FixtureRequest) -> Callable[[], Any]:
     if request.param == "memory":
         @asynccontextmanager
         async def memory() -> AsyncIterator[jobs.DataStore]:
-            store = jobs.MemoryDataStore()
+            store = MemoryDataStore()
             for i in range(1, 51):
                 store.tasks[f"old-{i}"] = {"status": "completed",
                                            "completed_at": NOW - timedelta(days=31 + i)}
@@ -134,11 +142,11 @@ def store_factory(request: pytest.FixtureRequest) -> Callable[[], Any]:
     @asynccontextmanager
     async def real() -> AsyncIterator[jobs.DataStore]:
         await _seed(url, 50, 1, 1)
-        db = await Database.connect(url)
+        db = await _store(url)
         try:
             yield db
         finally:
-            await db.close()
+            await db.db.close()
     return real
 
 
@@ -166,7 +174,7 @@ def test_datastore_contract_purge_outbox(kind: str, request: pytest.FixtureReque
 
     async def go() -> jobs.Outcome:
         if kind == "memory":
-            store = jobs.MemoryDataStore()
+            store = MemoryDataStore()
             store.outbox = {"1": NOW - timedelta(days=8), "2": NOW - timedelta(days=1)}
             return await jobs.purge_expired(store, cutoffs, 10)
         conn = await asyncpg.connect(url)
@@ -177,11 +185,11 @@ def test_datastore_contract_purge_outbox(kind: str, request: pytest.FixtureReque
                 [(NOW - timedelta(days=8),), (NOW - timedelta(days=1),), (None,)])
         finally:
             await conn.close()
-        db = await Database.connect(url)
+        db = await _store(url)
         try:
             return await jobs.purge_expired(db, cutoffs, 10)
         finally:
-            await db.close()
+            await db.db.close()
 
     outcome = asyncio.run(go())
     assert outcome.affected == 1
@@ -289,7 +297,7 @@ def test_archive_100k_completed_tasks(database: str) -> None:
     emitted: list[JobRun] = []
 
     async def go() -> tuple[JobRun | None, float, JobRun | None]:
-        db = await Database.connect(database)
+        db = await _store(database)
         try:
             runner = _runner(reg, db, emitted)
             started = time.monotonic()
@@ -305,7 +313,7 @@ def test_archive_100k_completed_tasks(database: str) -> None:
             assert task2 is not None
             return run, elapsed, await task2
         finally:
-            await db.close()
+            await db.db.close()
 
     run, elapsed, rerun = asyncio.run(go())
     assert run is not None and run.status == "succeeded"
@@ -329,7 +337,7 @@ def test_concurrent_claims_of_one_slot_run_it_once(database: str) -> None:
     emitted: list[JobRun] = []
 
     async def go() -> list[dict[str, Any]]:
-        dbs = [await Database.connect(database, max_size=3) for _ in range(8)]
+        dbs = [await _store(database, max_size=3) for _ in range(8)]
         try:
             runners = [_runner(reg, db, emitted, seed=i) for i, db in enumerate(dbs)]
             tasks = await asyncio.gather(*(r.dispatch(job, NOW, "schedule", "x", NOW)
@@ -340,7 +348,7 @@ def test_concurrent_claims_of_one_slot_run_it_once(database: str) -> None:
             return await dbs[0].runs(job.name)
         finally:
             for db in dbs:
-                await db.close()
+                await db.db.close()
 
     rows = asyncio.run(go())
     assert [(r["scheduled_for"], r["status"], r["attempt"]) for r in rows] == [
@@ -363,7 +371,7 @@ def test_decided_slots_get_one_row_each_with_the_reason(database: str) -> None:
     decided = [trigger(1, "missed"), trigger(25, "coalesced"), trigger(30, "run")]
 
     async def go() -> list[dict[str, Any]]:
-        dbs = [await Database.connect(database, max_size=3) for _ in range(2)]
+        dbs = [await _store(database, max_size=3) for _ in range(2)]
         try:
             runners = [_runner(reg, db, emitted, seed=i) for i, db in enumerate(dbs)]
             # Two runners, each trigger delivered twice: one row per slot all the same.
@@ -373,7 +381,7 @@ def test_decided_slots_get_one_row_each_with_the_reason(database: str) -> None:
             return await dbs[0].runs(job.name)
         finally:
             for db in dbs:
-                await db.close()
+                await db.db.close()
 
     rows = asyncio.run(go())
     assert [(int((r["scheduled_for"] - NOW) / timedelta(minutes=1)), r["status"])
@@ -402,14 +410,14 @@ def test_unexpected_error_in_a_run_is_recorded_failed(database: str,
     emitted: list[JobRun] = []
 
     async def go() -> tuple[JobRun | None, list[dict[str, Any]]]:
-        db = await Database.connect(database)
+        db = await _store(database)
         try:
             runner = _runner(reg, db, emitted)
             task = await runner.dispatch(job, NOW, "schedule", "x", NOW)
             assert task is not None
             return await task, await db.runs(job.name)
         finally:
-            await db.close()
+            await db.db.close()
 
     run, rows = asyncio.run(go())
     assert run is not None and run.status == "failed" and run.error_class == "KeyError"
@@ -424,21 +432,20 @@ def test_abandoned_slot_outside_its_window_is_failed_not_rerun(database: str) ->
     emitted: list[JobRun] = []
 
     async def go() -> list[dict[str, Any]]:
-        dead = await Database.connect(database)
+        dead = await _store(database)
         dying = _runner(reg, dead, emitted, runner_id="dying")
         lock = await dead.job_lock(job.name, shared=False, wait=False)
-        from streams.postgres.database import Claim
         assert await dead.claim(Claim(job.name, NOW, job.kind, "schedule", "x", NOW, "running",
                                       dying.runner_id), lock)
-        dead.pool.terminate()  # the process dies: its sessions and their locks go away
-        db = await Database.connect(database)
+        dead.db.pool.terminate()  # the process dies: its sessions and their locks go away
+        db = await _store(database)
         try:
             other = _runner(reg, db, emitted, runner_id="other")
             assert await other.sweep() == 1
             assert await other.dispatch(job, NOW, "schedule", "x", NOW) is None
             return await db.runs(job.name)
         finally:
-            await db.close()
+            await db.db.close()
 
     rows = asyncio.run(go())
     assert [(r["status"], r["error_class"]) for r in rows] == [("failed", "Abandoned")]
@@ -453,14 +460,13 @@ def test_abandoned_slot_inside_its_window_is_resumed_once(database: str) -> None
     slot = datetime.now(UTC).replace(second=0, microsecond=0)
 
     async def go() -> list[dict[str, Any]]:
-        dead = await Database.connect(database)
+        dead = await _store(database)
         dying = _runner(reg, dead, emitted, runner_id="dying")
         lock = await dead.job_lock(job.name, shared=False, wait=False)
-        from streams.postgres.database import Claim
         assert await dead.claim(Claim(job.name, slot, job.kind, "schedule", "x", slot,
                                       "running", dying.runner_id), lock)
-        dead.pool.terminate()
-        db = await Database.connect(database)
+        dead.db.pool.terminate()
+        db = await _store(database)
         try:
             other = _runner(reg, db, emitted, runner_id="other")
             assert await other.sweep() == 1
@@ -469,7 +475,7 @@ def test_abandoned_slot_inside_its_window_is_resumed_once(database: str) -> None
             assert await other.dispatch(job, slot, "schedule", "x", slot) is None
             return await db.runs(job.name)
         finally:
-            await db.close()
+            await db.db.close()
 
     rows = asyncio.run(go())
     assert [(r["status"], r["attempt"]) for r in rows] == [("succeeded", 2)]
@@ -491,7 +497,7 @@ def test_postgres_stopped_30s_mid_archive(database: str, pg_stack: devstack.Stac
     marks: dict[str, float] = {}
 
     async def go() -> JobRun | None:
-        db = await Database.connect(database)
+        db = await _store(database)
         try:
             runner = _runner(reg, db, emitted, seed=3)
             task = await runner.dispatch(job, NOW, "schedule", jobs.trigger_id(job.name, NOW),
@@ -514,7 +520,7 @@ def test_postgres_stopped_30s_mid_archive(database: str, pg_stack: devstack.Stac
             marks["done"] = time.monotonic()
             return run
         finally:
-            await db.close()
+            await db.db.close()
 
     try:
         run = asyncio.run(go())
@@ -563,7 +569,7 @@ def test_run_window_stops_between_batches_and_the_next_window_resumes(database: 
     emitted: list[JobRun] = []
 
     async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        db = await Database.connect(database)
+        db = await _store(database)
         try:
             runner = Runner(reg, db, clock=clock, rng=random.Random(1), emit=_append(emitted),
                             sleep=clock.sleep)
@@ -581,7 +587,7 @@ def test_run_window_stops_between_batches_and_the_next_window_resumes(database: 
             await asyncio.gather(*runner.tasks)
             return waiting, stopped, await db.runs(job.name)
         finally:
-            await db.close()
+            await db.db.close()
 
     waiting, stopped, done = asyncio.run(go())
     assert [(r["status"], r["affected"]) for r in waiting] == [("partial", 0)]
@@ -617,7 +623,7 @@ def test_undo_moves_an_archive_run_back_once_and_records_itself(database: str) -
                                   "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
 
     async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        db = await Database.connect(database)
+        db = await _store(database)
         emitted: list[JobRun] = []
         try:
             runner = _runner(reg, db, emitted)
@@ -625,12 +631,12 @@ def test_undo_moves_an_archive_run_back_once_and_records_itself(database: str) -
             assert task is not None
             await task
         finally:
-            await db.close()
+            await db.db.close()
         run_id = jobs.run_id(job.name, NOW, 1)
         preview = await jobrunner.undo(settings, reg, run_id, dry_run=True)
         with pytest.raises(Refused, match=r"no archive run"):
             await jobrunner.undo(settings, reg, f"{job.name}@2020-01-01T00:00:00Z", dry_run=True)
-        db = await Database.connect(database)
+        db = await _store(database)
         try:
             lock = await db.job_lock(job.name, shared=False, wait=True)
             with pytest.raises(Refused, match=r"holds its lock"):
@@ -639,7 +645,7 @@ def test_undo_moves_an_archive_run_back_once_and_records_itself(database: str) -
             await db.release(lock)
             return preview, await db.runs(job.name)
         finally:
-            await db.close()
+            await db.db.close()
 
     preview, rows = asyncio.run(go())
     assert preview == {"undoes": "archive@2026-03-02T03:00:00Z", "dry_run": True,
@@ -662,7 +668,7 @@ def test_the_process_loop_resumes_a_partial_run_once_its_window_opens(database: 
     emitted: list[JobRun] = []
 
     async def go() -> list[dict[str, Any]]:
-        db = await Database.connect(database)
+        db = await _store(database)
         stop = asyncio.Event()
         loop = None
         try:
@@ -681,7 +687,7 @@ def test_the_process_loop_resumes_a_partial_run_once_its_window_opens(database: 
             stop.set()
             if loop is not None:
                 await loop
-            await db.close()
+            await db.db.close()
 
     rows = asyncio.run(go())
     assert [(r["status"], r["affected"]) for r in rows] == [("succeeded", 12)]
