@@ -1,7 +1,8 @@
 """The store ports: what the job runner, the spawn sink and the relay need from a database.
 
     RunStore[L]   the job runner: slot claims, job locks (opaque handles ``L``), the run
-                  rows, pause state, plus the ``DataStore`` its kinds run against
+                  rows (``Claim`` in, ``RunEnd`` out), pause state, plus the
+                  ``DataStore`` its kinds run against
     SpawnStore    the spawn sink: task instances and their outbox rows, idempotently
     OutboxStore   the relay: unpublished outbox rows per user, marked once published
 
@@ -16,7 +17,7 @@ Must not import a driver or read the clock: instants are passed in.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -39,6 +40,24 @@ class Claim:
     runner_id: str
     note: str | None = None
     undoes: str | None = None  # an undo run: the run it undoes
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How an attempt of a claimed slot ended, as its row records it."""
+
+    status: str  # 'succeeded' | 'failed' | 'partial'
+    attempt: int
+    started_at: datetime | None  # the first attempt's start: kept if the row has one
+    finished_at: datetime
+    duration_ms: int | None
+    processed: int
+    affected: int
+    before: Mapping[str, int]
+    after: Mapping[str, int]
+    error_class: str | None
+    error_message: str | None
+    progress: Mapping[str, Any] = field(default_factory=dict)
 
 
 class RunStore(DataStore, Protocol[L]):
@@ -65,12 +84,8 @@ class RunStore(DataStore, Protocol[L]):
                             started_at: datetime, lock: L, runner_id: str) -> bool:
         """Mark the slot running for ``attempt``; False if it is no longer ours to run."""
 
-    async def finish(self, job: str, scheduled_for: datetime, runner_id: str, *, status: str,
-                     attempt: int, started_at: datetime | None, finished_at: datetime,
-                     duration_ms: int | None, processed: int, affected: int,
-                     before: Mapping[str, int], after: Mapping[str, int],
-                     error_class: str | None, error_message: str | None,
-                     progress: Mapping[str, Any] | None = None) -> bool:
+    async def finish(self, job: str, scheduled_for: datetime, runner_id: str,
+                     end: RunEnd) -> bool:
         """Record how the run ended; False if it was not ours (queued or running) any more."""
 
     async def partial_runs(self) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import orjson
 
 from streams.jobs.decisions import Touch
 from streams.postgres.connector import Connector, queries, translated
-from streams.stores import Claim
+from streams.stores import Claim, RunEnd
 
 
 def lock_key(job: str) -> int:
@@ -139,17 +139,13 @@ class PgRunStore:
                                   lock.pid, lock.backend_start, runner_id)
         return row is not None
 
-    async def finish(self, job: str, scheduled_for: datetime, runner_id: str, *, status: str,
-                     attempt: int, started_at: datetime | None, finished_at: datetime,
-                     duration_ms: int | None, processed: int, affected: int,
-                     before: Mapping[str, int], after: Mapping[str, int],
-                     error_class: str | None, error_message: str | None,
-                     progress: Mapping[str, Any] | None = None) -> bool:
+    async def finish(self, job: str, scheduled_for: datetime, runner_id: str,
+                     end: RunEnd) -> bool:
         row = await self.db.fetchval(
-            "finish_run", job, scheduled_for, status, attempt, started_at, finished_at,
-            duration_ms, processed, affected, orjson.dumps(dict(before)).decode(),
-            orjson.dumps(dict(after)).decode(), error_class, error_message, runner_id,
-            orjson.dumps(dict(progress or {})).decode())
+            "finish_run", job, scheduled_for, end.status, end.attempt, end.started_at,
+            end.finished_at, end.duration_ms, end.processed, end.affected,
+            _json(end.before), _json(end.after), end.error_class, end.error_message,
+            runner_id, _json(end.progress))
         return row is not None
 
     async def waiting_exists(self, job: str) -> bool:
@@ -233,3 +229,7 @@ class PgRunStore:
         if target not in ("tasks_archive", "job_runs", "dead_letters", "outbox"):
             raise ValueError(f"unknown purge target {target!r}")
         return int(await self.db.fetchval(f"purge_{target}", cutoff, batch_size))
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(value)).decode()

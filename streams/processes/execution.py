@@ -25,7 +25,7 @@ from streams.errors import DatabaseUnavailable, Refused, SchedulerError, Transie
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Outcome
 from streams.jobs.model import Job, Overlap
-from streams.stores import Claim, RunStore
+from streams.stores import Claim, RunEnd, RunStore
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
 
@@ -206,13 +206,8 @@ class Executor:
         # The row must end up written even if PostgreSQL is briefly away right now.
         for persist_attempt in range(1, 61):
             try:
-                await self.db.finish(
-                    job.name, scheduled_for, self.runner_id, status=status, attempt=attempt,
-                    started_at=first_started, finished_at=finished, duration_ms=total_ms,
-                    processed=outcome.processed, affected=outcome.affected,
-                    before=outcome.before, after=outcome.after,
-                    error_class=run.error_class, error_message=run.error_message,
-                    progress=outcome.progress)
+                await self.db.finish(job.name, scheduled_for, self.runner_id,
+                                     _end(run, first_started, total_ms, outcome.progress))
                 break
             except DatabaseUnavailable:
                 await self.sleep(jobs.backoff(job.retries).delay_s(persist_attempt, self.rng))
@@ -238,6 +233,15 @@ class Executor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+def _end(run: JobRun, started_at: datetime, duration_ms: int | None,
+         progress: Mapping[str, Any] | None = None) -> RunEnd:
+    """The end of the row of ``run``: its status, attempt, counts and error as recorded."""
+    assert run.finished_at is not None
+    return RunEnd(run.status, run.attempt, started_at, run.finished_at, duration_ms,
+                  run.processed, run.affected, run.before, run.after, run.error_class,
+                  run.error_message, dict(progress or {}))
+
 
 def _carry(outcome: Outcome, carried: dict[str, Any] | None,
            progress: dict[str, Any]) -> None:
@@ -323,10 +327,6 @@ async def undo_run(executor: Executor, job: Job, tag: str, lock: Lock) -> JobRun
     status = "failed" if error else "succeeded"
     run = executor._run(job, started, "undo", 1, started, finished, status, outcome, error)
     run = run.model_copy(update={"undoes": tag})
-    await db.finish(job.name, started, executor.runner_id, status=status, attempt=1,
-                    started_at=started, finished_at=finished, duration_ms=run.duration_ms,
-                    processed=outcome.processed, affected=outcome.affected,
-                    before=outcome.before, after=outcome.after,
-                    error_class=run.error_class, error_message=run.error_message)
+    await db.finish(job.name, started, executor.runner_id, _end(run, started, run.duration_ms))
     await executor.record(run)
     return run

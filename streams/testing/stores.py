@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.errors import DatabaseError
 from streams.jobs.decisions import Touch
-from streams.stores import Claim, OutboxRow, RunStore, SpawnedTask, SpawnStore
+from streams.stores import Claim, OutboxRow, RunEnd, RunStore, SpawnedTask, SpawnStore
 
 RUN_STATUSES = frozenset({"queued", "running", "partial", "succeeded", "failed", "skipped",
                           "missed"})
@@ -260,21 +260,17 @@ class MemoryRunStore(MemoryDataStore):
                    started_at=row["started_at"] or started_at)
         return True
 
-    async def finish(self, job: str, scheduled_for: datetime, runner_id: str, *, status: str,
-                     attempt: int, started_at: datetime | None, finished_at: datetime,
-                     duration_ms: int | None, processed: int, affected: int,
-                     before: Mapping[str, int], after: Mapping[str, int],
-                     error_class: str | None, error_message: str | None,
-                     progress: Mapping[str, Any] | None = None) -> bool:
+    async def finish(self, job: str, scheduled_for: datetime, runner_id: str,
+                     end: RunEnd) -> bool:
         row = self._ours(job, scheduled_for, runner_id)
         if row is None:
             return False
-        _check(status, row["trigger"])
-        row.update(status=status, attempt=attempt, started_at=row["started_at"] or started_at,
-                   finished_at=finished_at, duration_ms=duration_ms, processed=processed,
-                   affected=affected, before=dict(before), after=dict(after),
-                   error_class=error_class, error_message=error_message,
-                   progress=dict(progress or {}))
+        _check(end.status, row["trigger"])
+        row.update(status=end.status, attempt=end.attempt,
+                   started_at=row["started_at"] or end.started_at, finished_at=end.finished_at,
+                   duration_ms=end.duration_ms, processed=end.processed, affected=end.affected,
+                   before=dict(end.before), after=dict(end.after), error_class=end.error_class,
+                   error_message=end.error_message, progress=dict(end.progress))
         return True
 
     def _take(self, row: dict[str, Any], runner_id: str, lock: MemoryLock) -> None:

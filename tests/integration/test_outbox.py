@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -45,6 +45,8 @@ from streams.settings import Settings
 from tests.hostile import upsert
 from tests.support import ROOT, Proc, caught_up, env_for, eventually, read_json
 
+T = TypeVar("T")
+
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 
@@ -73,19 +75,10 @@ async def _fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
-async def _spawns(url: str) -> AsyncIterator[PgSpawnStore]:
+async def _store(url: str, store: Callable[[Connector], T]) -> AsyncIterator[T]:
     db = await Connector.connect(url)
     try:
-        yield PgSpawnStore(db)
-    finally:
-        await db.close()
-
-
-@asynccontextmanager
-async def _outbox(url: str) -> AsyncIterator[PgOutboxStore]:
-    db = await Connector.connect(url)
-    try:
-        yield PgOutboxStore(db)
+        yield store(db)
     finally:
         await db.close()
 
@@ -105,7 +98,7 @@ def test_spawn_built_with_the_schema_round_trips_into_a_row(database: str) -> No
     assert decode_spawn(dumps(all_day)) == all_day
 
     async def go() -> None:
-        async with _spawns(database) as db:
+        async with _store(database, PgSpawnStore) as db:
             assert await db.insert_spawned([spawned(timed), spawned(all_day)]) == [True, True]
             assert await db.insert_spawned([spawned(timed), spawned(all_day)]) == [False, False]
         rows = {r["series_id"]: r for r in await _fetch(database, "SELECT * FROM tasks")}
@@ -147,7 +140,7 @@ def test_spawn_built_with_the_schema_round_trips_into_a_row(database: str) -> No
                        occurrence_key, created_at, updated_at, now() FROM moved""")
         finally:
             await conn.close()
-        async with _spawns(database) as db:
+        async with _store(database, PgSpawnStore) as db:
             assert await db.insert_spawned([spawned(other), spawned(all_day)]) == [False, False]
         assert len(await _fetch(database, "SELECT 1 FROM outbox")) == 2
         assert len(await _fetch(database, "SELECT 1 FROM tasks")) == 1
@@ -414,7 +407,8 @@ def test_a_user_is_published_by_one_relay_at_a_time_and_only_after_the_ack(
     from streams.errors import BrokerUnavailable
 
     async def go() -> None:
-        async with _outbox(database) as db, _outbox(database) as other:
+        async with _store(database, PgOutboxStore) as db, \
+                _store(database, PgOutboxStore) as other:
             conn = await asyncpg.connect(database)
             try:
                 await conn.executemany(

@@ -28,7 +28,7 @@ from streams.postgres.runs import PgRunStore
 from streams.postgres.spawns import PgSpawnStore
 from streams.processes.execution import undo_run
 from streams.processes.runner import Runner
-from streams.stores import Claim, RunStore, SpawnedTask, SpawnStore
+from streams.stores import Claim, RunEnd, RunStore, SpawnedTask, SpawnStore
 from streams.testing.stores import MemoryRunStore, MemorySpawnStore
 from tests.support import eventually
 
@@ -218,13 +218,11 @@ def test_only_the_claiming_runner_starts_and_finishes_while_it_is_active(
         later = NOW + timedelta(seconds=5)
         # A second attempt keeps the first attempt's started_at.
         assert await store.start_attempt("archive", NOW, 2, later, lock, "r1")
-        done = {"status": "succeeded", "attempt": 2, "started_at": later, "finished_at": later,
-                "duration_ms": 5000, "processed": 3, "affected": 2, "before": {"tasks": 3},
-                "after": {"tasks": 1}, "error_class": None, "error_message": None,
-                "progress": {"rows_done": 2}}
-        assert not await store.finish("archive", NOW, "r2", **done)
-        assert await store.finish("archive", NOW, "r1", **done)
-        assert not await store.finish("archive", NOW, "r1", **done)  # no longer active
+        done = RunEnd("succeeded", 2, later, later, 5000, 3, 2, {"tasks": 3}, {"tasks": 1},
+                      None, None, {"rows_done": 2})
+        assert not await store.finish("archive", NOW, "r2", done)
+        assert await store.finish("archive", NOW, "r1", done)
+        assert not await store.finish("archive", NOW, "r1", done)  # no longer active
         (row,) = await store.runs("archive")
         assert {k: row[k] for k in ("status", "attempt", "started_at", "duration_ms",
                                     "processed", "affected", "before", "after", "progress")} == {
