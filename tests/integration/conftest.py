@@ -13,6 +13,7 @@ import pytest
 from streams.cli import devstack
 from streams.postgres.connector import Connector
 from streams.settings import Settings
+from tests.integration.backends import BackendFactory, make_backend
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +57,10 @@ def database(pg_stack: devstack.Stack) -> Iterator[str]:
     url = asyncio.run(_create(name))
     yield url
     asyncio.run(_drop(name))
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def backend(request: pytest.FixtureRequest) -> BackendFactory:
+    """The store contract suites' backends: the in-memory twins, then PostgreSQL."""
+    url = "" if request.param == "memory" else request.getfixturevalue("database")
+    return make_backend(request.param, url)

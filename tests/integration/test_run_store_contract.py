@@ -1,169 +1,34 @@
-"""The store ports' contract, one suite run against the in-memory twins and PostgreSQL.
+"""The ``RunStore`` contract, one suite run against the in-memory twin and PostgreSQL.
 
-Proves ``streams.testing.stores`` behaves as ``streams.postgres`` where the job runner and the
-spawn sink can tell: slot claims ON CONFLICT DO NOTHING, lock exclusivity and waiting, rows
-of a runner whose sessions ended, partial runs, pause state, the CHECK constraints, spawns
-replayed idempotently and stored all or nothing, and an archive run undone through the runner.
-The PostgreSQL side needs the real server (the ``database`` fixture fails, never skips).
+Proves ``streams.testing.stores.MemoryRunStore`` behaves as ``streams.postgres.runs`` where
+the job runner can tell: slot claims ON CONFLICT DO NOTHING, the row's life (start, finish,
+only by its runner while active), lock exclusivity and waiting, the rows of a runner whose
+sessions ended, partial runs, pause state, the CHECK constraints, and an archive run undone
+through the runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
 from schemas import JobRun
 from streams.errors import DatabaseError
 from streams.jobs import decisions as jobs
 from streams.jobs import registry
-from streams.postgres.connector import Connector
-from streams.postgres.runs import PgRunStore
-from streams.postgres.spawns import PgSpawnStore
 from streams.processes.execution import undo_run
 from streams.processes.runner import Runner
-from streams.stores import Claim, RunEnd, RunStore, SpawnedTask, SpawnStore
-from streams.testing.stores import MemoryRunStore, MemorySpawnStore
+from streams.stores import Claim, RunEnd
+from tests.integration.backends import Backend, BackendFactory, run
+from tests.integration.jobdb import NOW
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
-NOW = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
 WAIT_S = 10
-
-
-class Backend:
-    """Opens run stores (each on a pool of its own) and a spawn store on one database."""
-
-    kind: str
-
-    async def open(self) -> RunStore[Any]:
-        raise NotImplementedError
-
-    async def close(self, store: RunStore[Any]) -> None:
-        """Close ``store``'s pool: its sessions end, and the locks they held."""
-        raise NotImplementedError
-
-    async def spawns(self) -> SpawnStore:
-        raise NotImplementedError
-
-    async def outbox_rows(self) -> int:
-        raise NotImplementedError
-
-    async def archive_occurrence(self, series_id: str, occurrence_key: str) -> None:
-        raise NotImplementedError
-
-    async def seed_completed(self, count: int) -> None:
-        """``count`` tasks completed 40 days and more before NOW."""
-        raise NotImplementedError
-
-    async def finish(self) -> None:
-        pass
-
-
-class MemoryBackend(Backend):
-    kind = "memory"
-
-    def __init__(self) -> None:
-        self.root = MemoryRunStore()
-        self.spawn_store = MemorySpawnStore()
-
-    async def open(self) -> RunStore[Any]:
-        return self.root.sibling()
-
-    async def close(self, store: RunStore[Any]) -> None:
-        assert isinstance(store, MemoryRunStore)
-        await store.close()
-
-    async def spawns(self) -> SpawnStore:
-        return self.spawn_store
-
-    async def outbox_rows(self) -> int:
-        return len(self.spawn_store.outbox)
-
-    async def archive_occurrence(self, series_id: str, occurrence_key: str) -> None:
-        self.spawn_store.archived.add((series_id, occurrence_key))
-
-    async def seed_completed(self, count: int) -> None:
-        for i in range(1, count + 1):
-            self.root.tasks[f"old-{i}"] = {
-                "status": "completed", "completed_at": NOW - timedelta(days=40, seconds=i)}
-
-
-class PostgresBackend(Backend):
-    kind = "postgres"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.connectors: list[Connector] = []
-
-    async def _connect(self) -> Connector:
-        db = await Connector.connect(self.url, max_size=4)
-        self.connectors.append(db)
-        return db
-
-    async def open(self) -> RunStore[Any]:
-        return PgRunStore(await self._connect())
-
-    async def close(self, store: RunStore[Any]) -> None:
-        assert isinstance(store, PgRunStore)
-        store.db.pool.terminate()  # as when the process dies
-
-    async def spawns(self) -> SpawnStore:
-        return PgSpawnStore(await self._connect())
-
-    async def _sql(self, query: str, *args: Any) -> Any:
-        conn = await asyncpg.connect(self.url)
-        try:
-            return await conn.fetchval(query, *args)
-        finally:
-            await conn.close()
-
-    async def outbox_rows(self) -> int:
-        return int(await self._sql("SELECT count(*) FROM outbox"))
-
-    async def archive_occurrence(self, series_id: str, occurrence_key: str) -> None:
-        await self._sql("INSERT INTO tasks_archive (task_id, user_id, version, title, status, "
-                        "completed_at, reminders, series_id, occurrence_key, created_at, "
-                        "updated_at, archived_at) VALUES ('archived-1', 'u1', 1, 't', "
-                        "'completed', $3, '[]', $1, $2, $3, $3, $3)",
-                        series_id, occurrence_key, NOW)
-
-    async def seed_completed(self, count: int) -> None:
-        await self._sql("INSERT INTO tasks (task_id, user_id, title, status, completed_at) "
-                        "SELECT 'old-' || g, 'u1', 't', 'completed', "
-                        "$1::timestamptz - interval '40 days' - g * interval '1 second' "
-                        "FROM generate_series(1, $2::int) g", NOW, count)
-
-    async def finish(self) -> None:
-        for db in self.connectors:
-            await db.close()
-
-
-@pytest.fixture(params=["memory", "postgres"])
-def backend(request: pytest.FixtureRequest) -> Callable[[], Any]:
-    url = "" if request.param == "memory" else request.getfixturevalue("database")
-
-    @asynccontextmanager
-    async def make() -> AsyncIterator[Backend]:
-        chosen: Backend = MemoryBackend() if request.param == "memory" else PostgresBackend(url)
-        try:
-            yield chosen
-        finally:
-            await chosen.finish()
-    return make
-
-
-def _run(backend: Callable[[], Any], scenario: Callable[[Backend], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        async with backend() as chosen:
-            return await scenario(chosen)
-    return asyncio.run(go())
 
 
 def _claim(status: str = "running", *, job: str = "archive", at: datetime = NOW,
@@ -184,7 +49,7 @@ async def _still_waiting(task: asyncio.Task[Any]) -> bool:
 # --- claims ------------------------------------------------------------------------------------
 
 
-def test_a_slot_is_claimed_once_ever(backend: Callable[[], Any]) -> None:
+def test_a_slot_is_claimed_once_ever(backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         one, two = await b.open(), await b.open()
         assert await one.claim(_claim(note="first"), None) is True
@@ -202,11 +67,11 @@ def test_a_slot_is_claimed_once_ever(backend: Callable[[], Any]) -> None:
         assert row is not None and row["status"] == "running" and row["undoes"] is None
         assert await two.run_row("archive", later + timedelta(hours=1)) is None
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
 def test_only_the_claiming_runner_starts_and_finishes_while_it_is_active(
-        backend: Callable[[], Any]) -> None:
+        backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         store = await b.open()
         lock = await store.job_lock("archive", shared=False, wait=False)
@@ -231,10 +96,10 @@ def test_only_the_claiming_runner_starts_and_finishes_while_it_is_active(
             "progress": {"rows_done": 2}}
         await store.release(lock)
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
-def test_the_tables_constraints_hold(backend: Callable[[], Any]) -> None:
+def test_the_tables_constraints_hold(backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         store = await b.open()
         with pytest.raises(DatabaseError) as info:
@@ -242,13 +107,13 @@ def test_the_tables_constraints_hold(backend: Callable[[], Any]) -> None:
         assert info.value.sqlstate == "23514"
         assert await store.runs("archive") == []
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
 # --- locks -------------------------------------------------------------------------------------
 
 
-def test_a_job_lock_is_exclusive_or_shared(backend: Callable[[], Any]) -> None:
+def test_a_job_lock_is_exclusive_or_shared(backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         one, two = await b.open(), await b.open()
         held = await one.job_lock("archive", shared=False, wait=False)
@@ -269,10 +134,10 @@ def test_a_job_lock_is_exclusive_or_shared(backend: Callable[[], Any]) -> None:
         await two.release(other_job)
         await two.release(None)
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
-def test_a_waiting_lock_is_granted_when_the_holder_lets_go(backend: Callable[[], Any]) -> None:
+def test_a_waiting_lock_is_granted_when_the_holder_lets_go(backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         one, two = await b.open(), await b.open()
         held = await one.job_lock("archive", shared=False, wait=False)
@@ -292,14 +157,14 @@ def test_a_waiting_lock_is_granted_when_the_holder_lets_go(backend: Callable[[],
         assert await one.job_lock("archive", shared=True, wait=False) is None
         await two.release(waiter if first_lock is not waiter else blocked.result())
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
 # --- runners that went away --------------------------------------------------------------------
 
 
 def test_the_rows_of_a_runner_whose_sessions_ended_are_swept_once(
-        backend: Callable[[], Any]) -> None:
+        backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         dying, live = await b.open(), await b.open()
         lock = await dying.job_lock("archive", shared=False, wait=False)
@@ -334,10 +199,10 @@ def test_the_rows_of_a_runner_whose_sessions_ended_are_swept_once(
         assert await live.start_attempt("archive", NOW, 2, NOW, taken, "live")
         await live.release(taken)
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
-def test_a_partial_run_is_resumed_by_one_runner(backend: Callable[[], Any]) -> None:
+def test_a_partial_run_is_resumed_by_one_runner(backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         store = await b.open()
         later = NOW + timedelta(hours=1)
@@ -356,13 +221,13 @@ def test_a_partial_run_is_resumed_by_one_runner(backend: Callable[[], Any]) -> N
         assert await store.start_attempt("archive", NOW, 1, NOW, lock, "r2")
         await store.release(lock)
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
 # --- pause state -------------------------------------------------------------------------------
 
 
-def test_pause_defer_and_resume(backend: Callable[[], Any]) -> None:
+def test_pause_defer_and_resume(backend: BackendFactory) -> None:
     async def scenario(b: Backend) -> None:
         store = await b.open()
         assert await store.job_state("archive") == (False, None, None)
@@ -385,13 +250,13 @@ def test_pause_defer_and_resume(backend: Callable[[], Any]) -> None:
         assert await store.resume("archive", from_now=True) is None
         assert await store.job_state("archive") == (False, None, None)
 
-    _run(backend, scenario)
+    run(backend, scenario)
 
 
 # --- an archive run and its undo, through the runner -------------------------------------------
 
 
-def test_an_archive_run_and_its_undo_through_the_runner(backend: Callable[[], Any]) -> None:
+def test_an_archive_run_and_its_undo_through_the_runner(backend: BackendFactory) -> None:
     job = registry.parse({"jobs": [{"name": "archive", "kind": "archive_completed",
                                     "schedule": "0 * * * *",
                                     "params": {"batch_size": 4}}]}).jobs[0]
@@ -426,7 +291,7 @@ def test_an_archive_run_and_its_undo_through_the_runner(backend: Callable[[], An
             ("undo", "succeeded", 0, tag)]
         return emitted
 
-    emitted = _run(backend, scenario)
+    emitted = run(backend, scenario)
     assert [(r.trigger, r.status, r.affected, r.before, r.after) for r in emitted] == [
         ("schedule", "succeeded", 10, {"tasks": 10, "eligible": 10, "tasks_archive": 0},
          {"tasks": 0, "eligible": 0, "tasks_archive": 10}),
@@ -434,52 +299,3 @@ def test_an_archive_run_and_its_undo_through_the_runner(backend: Callable[[], An
          {"archived_by_run": 0, "blocked": 0}),
         ("undo", "succeeded", 0, {"archived_by_run": 0, "blocked": 0},
          {"archived_by_run": 0, "blocked": 0})]
-
-
-# --- spawns ------------------------------------------------------------------------------------
-
-
-def _spawned(n: int, *, task_id: str | None = None, series_id: str = "series") -> SpawnedTask:
-    day = date(2026, 3, n)
-    return SpawnedTask(task_id=task_id or f"task-{series_id}-{n}", user_id="u1",
-                       title=f"t{n}", due_at=None, due_date=day, reminders_json="[]",
-                       series_id=series_id, occurrence_key=day.isoformat(), created_at=NOW,
-                       event_json='{"type": "task.upserted"}')
-
-
-def test_a_replayed_spawn_batch_changes_nothing(backend: Callable[[], Any]) -> None:
-    async def scenario(b: Backend) -> None:
-        store = await b.spawns()
-        batch = [_spawned(1), _spawned(2), _spawned(1)]
-        assert await store.insert_spawned(batch) == [True, True, False]
-        assert await store.insert_spawned(batch) == [False, False, False]
-        assert await b.outbox_rows() == 2
-        # Another id for an occurrence already spawned is a duplicate too.
-        assert await store.insert_spawned([_spawned(2, task_id="other")]) == [False]
-        assert await b.outbox_rows() == 2
-
-    _run(backend, scenario)
-
-
-def test_an_archived_occurrence_counts_as_present(backend: Callable[[], Any]) -> None:
-    async def scenario(b: Backend) -> None:
-        await b.archive_occurrence("series", _spawned(3).occurrence_key)
-        store = await b.spawns()
-        assert await store.insert_spawned([_spawned(3), _spawned(4)]) == [False, True]
-        assert await b.outbox_rows() == 1
-
-    _run(backend, scenario)
-
-
-def test_a_rejected_spawn_batch_stores_nothing(backend: Callable[[], Any]) -> None:
-    async def scenario(b: Backend) -> None:
-        store = await b.spawns()
-        assert await store.insert_spawned([_spawned(1)]) == [True]
-        clash = _spawned(2, task_id=_spawned(1).task_id)  # same id, another occurrence
-        with pytest.raises(DatabaseError) as info:
-            await store.insert_spawned([_spawned(5), clash])
-        assert info.value.sqlstate == "23505"
-        assert await b.outbox_rows() == 1
-        assert await store.insert_spawned([_spawned(5)]) == [True]  # it was rolled back
-
-    _run(backend, scenario)
