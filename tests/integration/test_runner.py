@@ -130,18 +130,23 @@ def test_unexpected_error_in_a_run_is_recorded_failed(database: str,
     assert [(r.status, r.error_class) for r in emitted] == [("failed", "KeyError")]
 
 
+async def _die_running(url: str, job: registry.Job, slot: datetime) -> None:
+    """A runner claims ``slot`` running under the job's lock, then its process dies: its
+    sessions and their locks go away."""
+    dead = await run_store(url)
+    lock = await dead.job_lock(job.name, shared=False, wait=False)
+    assert await dead.claim(Claim(job.name, slot, job.kind, "schedule", "x", slot, "running",
+                                  "dying"), lock)
+    dead.db.pool.terminate()
+
+
 def test_abandoned_slot_outside_its_window_is_failed_not_rerun(database: str) -> None:
     job = make_job("noop")
     reg = registry.Registry((job,))
     emitted: list[JobRun] = []
 
     async def go() -> list[dict[str, Any]]:
-        dead = await run_store(database)
-        dying = make_runner(reg, dead, emitted, runner_id="dying")
-        lock = await dead.job_lock(job.name, shared=False, wait=False)
-        assert await dead.claim(Claim(job.name, NOW, job.kind, "schedule", "x", NOW, "running",
-                                      dying.runner_id), lock)
-        dead.db.pool.terminate()  # the process dies: its sessions and their locks go away
+        await _die_running(database, job, NOW)
         db = await run_store(database)
         try:
             other = make_runner(reg, db, emitted, runner_id="other")
@@ -164,12 +169,7 @@ def test_abandoned_slot_inside_its_window_is_resumed_once(database: str) -> None
     slot = datetime.now(UTC).replace(second=0, microsecond=0)
 
     async def go() -> list[dict[str, Any]]:
-        dead = await run_store(database)
-        dying = make_runner(reg, dead, emitted, runner_id="dying")
-        lock = await dead.job_lock(job.name, shared=False, wait=False)
-        assert await dead.claim(Claim(job.name, slot, job.kind, "schedule", "x", slot,
-                                      "running", dying.runner_id), lock)
-        dead.db.pool.terminate()
+        await _die_running(database, job, slot)
         db = await run_store(database)
         try:
             other = make_runner(reg, db, emitted, runner_id="other")
