@@ -4,11 +4,14 @@
                       of ``datastore.MemoryDataStore`` (the kinds' tables); stores opened
                       with ``sibling()`` share one database
     MemorySpawnStore  the spawn sink's ``SpawnStore``: instances and their outbox rows
+    MemoryOutboxStore the relay's ``OutboxStore``: the outbox rows (a spawn store's, or
+                      its own), published per user by one relay at a time, wake-ups
 
 They behave as the PostgreSQL adapters do where a caller can tell (claims ``ON CONFLICT DO
 NOTHING``, lock exclusivity and waiting, sessions that end with their store, idempotent
-replays, batches all or nothing, the tables' CHECK constraints);
-tests/integration/test_store_contract.py runs one suite against both. A lock handle is a
+replays, batches all or nothing, the tables' CHECK constraints, a user's rows published by
+one relay at a time and marked only once published); one contract suite per port
+(tests/integration/test_*_store_contract.py) runs against twin and PostgreSQL. A lock handle is a
 session of the store that opened it: it stays alive (as a pooled connection does) until the
 store is closed, which is how a test plays a runner that went away.
 """
@@ -17,13 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import DatabaseError
-from streams.stores import Claim, OutboxRow, RunEnd, RunStore, SpawnedTask, SpawnStore
+from streams.stores import (
+    Claim,
+    OutboxRow,
+    OutboxStore,
+    RunEnd,
+    RunStore,
+    SpawnedTask,
+    SpawnStore,
+)
 from streams.testing.datastore import MemoryDataStore
 
 RUN_STATUSES = frozenset({"queued", "running", "partial", "succeeded", "failed", "skipped",
@@ -309,6 +320,77 @@ class MemorySpawnStore:
         return out
 
 
+
+class MemoryListener:
+    """A wake-up subscription of a ``MemoryOutboxStore``."""
+
+    def __init__(self, store: MemoryOutboxStore, on_notify: Callable[[], None]) -> None:
+        self.store = store
+        self.on_notify = on_notify
+        self.open = True
+
+    def alive(self) -> bool:
+        return self.open
+
+    async def close(self) -> None:
+        self.open = False
+        if self in self.store.listeners:
+            self.store.listeners.remove(self)
+
+
+@dataclass
+class MemoryOutboxStore:
+    """The in-memory twin of ``OutboxStore``; ``add`` is a writer's committed insert."""
+
+    rows: list[OutboxRow] = field(default_factory=list)
+    published: dict[int, datetime] = field(default_factory=dict)
+    busy: set[str] = field(default_factory=set)  # users a relay is publishing right now
+    listeners: list[MemoryListener] = field(default_factory=list)
+
+    def add(self, user_id: str, payload: str, event_type: str = "task.upserted") -> int:
+        outbox_id = len(self.rows) + 1
+        self.rows.append(OutboxRow(outbox_id, user_id, event_type, payload))
+        for listener in list(self.listeners):  # the NOTIFY at commit
+            listener.on_notify()
+        return outbox_id
+
+    def _unpublished(self) -> list[OutboxRow]:
+        return [r for r in self.rows if r.outbox_id not in self.published]
+
+    async def outbox_pending_users(self, scan: int) -> list[str]:
+        users: list[str] = []
+        for row in self._unpublished()[:scan]:
+            if row.user_id not in users:
+                users.append(row.user_id)
+        return users
+
+    async def outbox_unpublished(self) -> int:
+        return len(self._unpublished())
+
+    async def publish_outbox(self, user_id: str, limit: int,
+                             publish: Callable[[list[OutboxRow]], Awaitable[None]],
+                             clock: Callable[[], datetime]) -> int | None:
+        if user_id in self.busy:
+            return None
+        self.busy.add(user_id)
+        try:
+            rows = [r for r in self._unpublished() if r.user_id == user_id][:limit]
+            if not rows:
+                return 0
+            await publish(rows)
+            at = clock()
+            self.published.update((r.outbox_id, at) for r in rows)
+            return len(rows)
+        finally:
+            self.busy.discard(user_id)
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> MemoryListener:
+        listener = MemoryListener(self, on_notify)
+        self.listeners.append(listener)
+        return listener
+
+
 if TYPE_CHECKING:  # mypy proves the twins implement the ports
     _run_store: RunStore[MemoryLock] = MemoryRunStore()
     _spawn_store: SpawnStore = MemorySpawnStore()
+    _outbox_store: OutboxStore = MemoryOutboxStore()

@@ -1,9 +1,9 @@
 """The backends the store contract suites run against: the in-memory twins and PostgreSQL.
 
 A ``Backend`` opens run stores (each on a pool of its own, so closing one plays a runner that
-went away) and a spawn store on one database, and sets up what a suite needs in it. The
-``backend`` fixture (conftest.py) yields a factory of each in turn; the PostgreSQL one needs
-the real server and fails, never skips, without it.
+went away), a spawn store and an outbox store on one database, and sets up what a suite needs
+in it. The ``backend`` fixture (conftest.py) yields a factory of each in turn; the PostgreSQL
+one needs the real server and fails, never skips, without it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 import asyncpg
 
 from streams.postgres.connector import Connector
+from streams.postgres.outbox import PgOutboxStore
 from streams.postgres.runs import PgRunStore
 from streams.postgres.spawns import PgSpawnStore
-from streams.stores import RunStore, SpawnStore
-from streams.testing.stores import MemoryRunStore, MemorySpawnStore
+from streams.stores import OutboxStore, RunStore, SpawnStore
+from streams.testing.stores import MemoryOutboxStore, MemoryRunStore, MemorySpawnStore
 from tests.integration.jobdb import NOW
 
 BackendFactory = Callable[[], Any]  # an async context manager yielding a Backend
@@ -39,6 +40,17 @@ class Backend:
         raise NotImplementedError
 
     async def spawns(self) -> SpawnStore:
+        raise NotImplementedError
+
+    async def outbox(self) -> OutboxStore:
+        """The relay's store; it sees the spawn store's outbox rows."""
+        raise NotImplementedError
+
+    async def add_outbox_row(self, user_id: str, payload: str) -> int:
+        """A writer's committed outbox row (the Todo API's, in its own transaction)."""
+        raise NotImplementedError
+
+    async def unpublished(self) -> int:
         raise NotImplementedError
 
     async def outbox_rows(self) -> int:
@@ -61,6 +73,7 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self.root = MemoryRunStore()
         self.spawn_store = MemorySpawnStore()
+        self.outbox_store = MemoryOutboxStore(rows=self.spawn_store.outbox)
 
     async def open(self) -> RunStore[Any]:
         return self.root.sibling()
@@ -74,6 +87,15 @@ class MemoryBackend(Backend):
 
     async def outbox_rows(self) -> int:
         return len(self.spawn_store.outbox)
+
+    async def outbox(self) -> OutboxStore:
+        return self.outbox_store
+
+    async def add_outbox_row(self, user_id: str, payload: str) -> int:
+        return self.outbox_store.add(user_id, payload)
+
+    async def unpublished(self) -> int:
+        return await self.outbox_store.outbox_unpublished()
 
     async def archive_occurrence(self, series_id: str, occurrence_key: str) -> None:
         self.spawn_store.archived.add((series_id, occurrence_key))
@@ -115,6 +137,17 @@ class PostgresBackend(Backend):
 
     async def outbox_rows(self) -> int:
         return int(await self._sql("SELECT count(*) FROM outbox"))
+
+    async def outbox(self) -> OutboxStore:
+        return PgOutboxStore(await self._connect())
+
+    async def add_outbox_row(self, user_id: str, payload: str) -> int:
+        return int(await self._sql("INSERT INTO outbox (user_id, event_type, payload) "
+                                   "VALUES ($1, 'task.upserted', $2::jsonb) RETURNING outbox_id",
+                                   user_id, payload))
+
+    async def unpublished(self) -> int:
+        return int(await self._sql("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
     async def archive_occurrence(self, series_id: str, occurrence_key: str) -> None:
         await self._sql("INSERT INTO tasks_archive (task_id, user_id, version, title, status, "
