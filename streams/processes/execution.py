@@ -36,10 +36,6 @@ Lock = Any  # the store's opaque session handle
 MAX_MESSAGE = 300
 
 
-def _z(at: datetime | None) -> str | None:
-    return None if at is None else jobs.z(at)
-
-
 def _log_run(run: JobRun) -> None:
     doc = run.model_dump(mode="json")
     doc.pop("type")
@@ -126,7 +122,7 @@ class Executor:
                     if not await self.db.start_attempt(job.name, scheduled_for, attempt, started,
                                                        holder, self.runner_id):
                         log.warning("slot no longer ours: execution stopped", extra=fields(
-                            job=job.name, scheduled_for=_z(scheduled_for)))
+                            job=job.name, scheduled_for=jobs.z(scheduled_for)))
                         return None
                     window = job.window_containing(started)
                     if window is None:
@@ -148,7 +144,7 @@ class Executor:
                     # A bug or an error no adapter translated: the attempt failed, and
                     # the run must say so instead of staying "running" until a sweep.
                     log.error("job attempt raised an unexpected error", exc_info=exc,
-                              extra=fields(job=job.name, scheduled_for=_z(scheduled_for)))
+                              extra=fields(job=job.name, scheduled_for=jobs.z(scheduled_for)))
                     error = exc
                 finished = self.clock()
                 metrics.JOB_RUN_SECONDS.labels(job.name).observe(
@@ -171,7 +167,7 @@ class Executor:
                 await self.record(self._run(job, scheduled_for, trigger, attempt, started,
                                             finished, "failed", outcome, error))
                 log.info("job attempt failed: retrying", extra=fields(
-                    job=job.name, scheduled_for=_z(scheduled_for), attempt=attempt,
+                    job=job.name, scheduled_for=jobs.z(scheduled_for), attempt=attempt,
                     delay_s=round(decision.delay_s, 3)))
                 # Release the session: if PostgreSQL went away it is dead anyway.
                 await self.db.release(holder)

@@ -33,7 +33,7 @@ from schemas import JobRun, JobTrigger
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Disposition, OverlapAction
 from streams.jobs.model import Job, Overlap, Registry
-from streams.processes.execution import Clock, Emit, Executor, Lock, _z
+from streams.processes.execution import Clock, Emit, Executor, Lock
 from streams.stores import Claim, RunStore
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
@@ -104,7 +104,7 @@ class Runner(Executor):
             return
         resumed = max(1, reached) + 1  # the abandoned attempt counts, as its record says
         log.info("abandoned slot resumed", extra=fields(
-            job=job.name, scheduled_for=_z(scheduled_for), attempt=resumed))
+            job=job.name, scheduled_for=jobs.z(scheduled_for), attempt=resumed))
         self._start(self._execute(job, scheduled_for, trigger, lock, queued=False,
                                   first_attempt=resumed))
 
@@ -129,7 +129,7 @@ class Runner(Executor):
                 await self.db.release(lock)
                 continue
             log.info("partial run resumed in its window", extra=fields(
-                job=job.name, scheduled_for=_z(row["scheduled_for"]),
+                job=job.name, scheduled_for=jobs.z(row["scheduled_for"]),
                 rows_done=carried["affected"]))
             self._start(self._execute(job, row["scheduled_for"], row["trigger"], lock,
                                       queued=False, first_attempt=max(1, carried["attempt"]),
@@ -148,7 +148,7 @@ class Runner(Executor):
         if paused or job.paused:
             await self.db.defer(job.name, trigger.scheduled_for)
             log.info("job paused: slot deferred", extra=fields(
-                job=job.name, scheduled_for=_z(trigger.scheduled_for)))
+                job=job.name, scheduled_for=jobs.z(trigger.scheduled_for)))
             return
         if resume_from is not None and resume_from <= trigger.scheduled_for:
             await self._catch_up(job, resume_from, trigger.tick_at)
@@ -187,7 +187,7 @@ class Runner(Executor):
             return
         metrics.JOB_DUPLICATES.labels(job.name).inc()
         log.info("slot claimed before: trigger ignored", extra=fields(
-            job=job.name, scheduled_for=_z(scheduled_for), trigger="schedule"))
+            job=job.name, scheduled_for=jobs.z(scheduled_for), trigger="schedule"))
 
     async def dispatch(self, job: Job, scheduled_for: datetime, trigger: str, trigger_id: str,
                        tick_at: datetime | None, *,
@@ -231,7 +231,7 @@ class Runner(Executor):
             await self.db.release(holder)
             metrics.JOB_DUPLICATES.labels(job.name).inc()
             log.info("slot claimed before: trigger ignored", extra=fields(
-                job=job.name, scheduled_for=_z(scheduled_for), trigger=trigger))
+                job=job.name, scheduled_for=jobs.z(scheduled_for), trigger=trigger))
             return None
         if action is OverlapAction.SKIP:
             await self.record(JobRun(
@@ -252,7 +252,7 @@ class Runner(Executor):
         if not await self.db.claim(claim, None, finished_at=self.clock()):
             metrics.JOB_DUPLICATES.labels(job.name).inc()
             log.info("slot claimed before: trigger ignored", extra=fields(
-                job=job.name, scheduled_for=_z(scheduled_for), trigger=trigger))
+                job=job.name, scheduled_for=jobs.z(scheduled_for), trigger=trigger))
             return None
         await self.record(JobRun(
             run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
