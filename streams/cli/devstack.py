@@ -12,6 +12,10 @@ with a certificate signed by a throwaway CA made by openssl in ``<state>/kafka/t
 the stand-in for a managed Kafka in the security tests (docs/operations.md). With
 ``CRONORCH_DEV_PG_TLS=1``, PostgreSQL serves TLS only (a certificate from the same kind of CA
 in ``<state>/postgres/tls/ca.pem``; plaintext TCP connections are rejected).
+
+Over 400 lines on purpose: both servers share the state layout, the pid/port waiting, the
+throwaway CA and the error texts, and the tests, CI and ``cronorch dev`` call these functions
+by module (``devstack.start_postgres``); it is subprocess plumbing read top to bottom.
 """
 
 from __future__ import annotations

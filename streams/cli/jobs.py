@@ -113,9 +113,9 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 async def _migrate(settings: Settings) -> int:
-    from streams.postgres.database import Database
+    from streams.postgres.connector import Connector
 
-    db = await Database.open(settings)
+    db = await Connector.open(settings)
     try:
         applied = await db.migrate()
     finally:
@@ -126,7 +126,8 @@ async def _migrate(settings: Settings) -> int:
 
 async def _database_command(args: argparse.Namespace, settings: Settings,
                             reg: registry.Registry) -> int:
-    from streams.postgres.database import Database
+    from streams.postgres.connector import Connector
+    from streams.postgres.runs import PgRunStore
     from streams.processes import jobrunner
 
     if args.action == "run" and args.dry_run:
@@ -144,11 +145,12 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
             return 1
         console.print_json(run.model_dump(mode="json"))
         return 0 if run.status in ("succeeded", "partial") else 1
-    db = await Database.open(settings)
+    db = await Connector.open(settings)
+    store = PgRunStore(db)
     try:
         if args.action == "list":
-            states = await db.job_states()
-            last = await db.last_runs()
+            states = await store.job_states()
+            last = await store.last_runs()
             out: list[dict[str, Any]] = []
             for job in reg.jobs:
                 state = states.get(job.name, {})
@@ -165,11 +167,11 @@ async def _database_command(args: argparse.Namespace, settings: Settings,
             console.print_json({"jobs": out})
         elif args.action == "pause":
             reg.get(args.name)
-            await db.pause(args.name, args.reason)
+            await store.pause(args.name, args.reason)
             console.print_json({"job": args.name, "paused": True, "reason": args.reason})
         elif args.action == "resume":
             job = reg.get(args.name)
-            resume_from = await db.resume(args.name, from_now=args.from_now)
+            resume_from = await store.resume(args.name, from_now=args.from_now)
             console.print_json({"job": args.name, "paused": job.paused,
                     "catch_up_from": None if resume_from is None else jobs.z(resume_from),
                     "note": "still paused by the registry (paused: true)" if job.paused

@@ -34,7 +34,8 @@ from schemas import TaskUpserted, UserSettings
 from schemas.wire import WireError, dumps, loads
 from streams.kafka import client as kafka
 from streams.kafka.client import Output
-from streams.postgres.database import Database
+from streams.postgres.connector import Connector
+from streams.postgres.tasks import PgTaskStore
 from streams.settings import Settings
 from streams.telemetry.logs import fields
 from streams.telemetry.progress import Progress
@@ -71,7 +72,7 @@ def task_event(row: dict[str, Any], as_of: datetime) -> TaskUpserted:
     return loads(TaskUpserted, orjson.dumps(doc))
 
 
-async def publish_snapshot(settings: Settings, db: Database, producer: Any, *,
+async def publish_snapshot(settings: Settings, db: PgTaskStore, producer: Any, *,
                            as_of: datetime, chunk_size: int = 1000,
                            progress: TextIO | None = None) -> dict[str, int]:
     """Publish settings then open tasks; returns counts per kind (published, invalid)."""
@@ -118,11 +119,11 @@ async def run(settings: Settings, *, as_of: datetime, chunk_size: int = 1000,
     """``cronorch bootstrap``: connect, publish the snapshot, close."""
     await kafka.wait_ready(settings)
     await kafka.ensure_topics(settings)
-    db = await Database.open(settings)
+    db = await Connector.open(settings)
     producer = kafka.producer(settings, None)
     try:
         await kafka.start(producer)
-        result = await publish_snapshot(settings, db, producer, as_of=as_of,
+        result = await publish_snapshot(settings, PgTaskStore(db), producer, as_of=as_of,
                                         chunk_size=chunk_size, progress=progress)
         log.info("bootstrap finished", extra=fields(**result))
         return result

@@ -45,9 +45,11 @@ from streams.errors import RecordRejected, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output
 from streams.kafka.engine import letter_key
-from streams.postgres.database import Database, Listener, OutboxRow
+from streams.postgres.connector import Connector
+from streams.postgres.outbox import PgOutboxStore
 from streams.processes import lifecycle
 from streams.settings import Settings
+from streams.stores import Listening, OutboxRow, OutboxStore
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
 
@@ -59,7 +61,7 @@ BACKOFF = retry.Backoff(base_s=0.5, cap_s=30.0)
 class Relay:
     """Publishes outbox rows; IO through ``db`` and ``producer``, time through ``clock``."""
 
-    def __init__(self, settings: Settings, db: Database, producer: Any, *,
+    def __init__(self, settings: Settings, db: OutboxStore, producer: Any, *,
                  clock: Callable[[], datetime], batch_size: int = 500,
                  scan: int = 1000) -> None:
         self.settings = settings
@@ -138,7 +140,7 @@ async def relay_loop(relay: Relay, stop: asyncio.Event, *, poll_interval_s: floa
     """Drain, then sleep until notified, ``poll_interval_s`` passed, or ``stop``."""
     rng = rng or random.Random()
     wake = asyncio.Event()
-    listener: Listener | None = None
+    listener: Listening | None = None
     failures = 0
     try:
         while not stop.is_set():
@@ -168,7 +170,8 @@ async def relay_loop(relay: Relay, stop: asyncio.Event, *, poll_interval_s: floa
             await listener.close()
 
 
-async def _listen(db: Database, wake: asyncio.Event, old: Listener | None) -> Listener | None:
+async def _listen(db: OutboxStore, wake: asyncio.Event,
+                  old: Listening | None) -> Listening | None:
     if old is not None:
         await old.close()
         log.warning("LISTEN connection lost: re-opening it")
@@ -200,9 +203,9 @@ async def run(settings: Settings, *, poll_interval_s: float = 1.0, batch_size: i
               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
     """``cronorch relay``: publish the outbox until SIGTERM/SIGINT (or ``stop``)."""
     stop = await lifecycle.start(settings, stop)
-    db = await Database.open(settings)
+    db = await Connector.open(settings)
     producer = kafka.producer(settings, None)
-    relay = Relay(settings, db, producer, clock=clock, batch_size=batch_size)
+    relay = Relay(settings, PgOutboxStore(db), producer, clock=clock, batch_size=batch_size)
     started = time.monotonic()
     try:
         await db.wait_for_schema()

@@ -47,9 +47,11 @@ from streams.errors import DatabaseError, InvalidEvent, Rejected, SchedulerError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
 from streams.kafka.engine import caused_by_record, dead_letter, failure_reason
-from streams.postgres.database import Database, SpawnedTask
+from streams.postgres.connector import Connector
+from streams.postgres.spawns import PgSpawnStore
 from streams.processes import lifecycle
 from streams.settings import Settings
+from streams.stores import SpawnedTask, SpawnStore
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
 from streams.timeline.planning import instant_key
@@ -142,7 +144,7 @@ def spawned(spawn: TaskSpawn) -> SpawnedTask:
 class SpawnSink:
     """Stores batches of task-commands records; IO through ``db`` and ``producer``."""
 
-    def __init__(self, settings: Settings, db: Database, producer: Any, *,
+    def __init__(self, settings: Settings, db: SpawnStore, producer: Any, *,
                  rng: random.Random | None = None, base_delay_s: float = 0.5) -> None:
         self.settings = settings
         self.backoff = retry.Backoff(base_s=base_delay_s, cap_s=MAX_DELAY_S)
@@ -236,12 +238,12 @@ class SpawnSink:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """``cronorch spawn-sink``: consume task-commands until SIGTERM/SIGINT (or ``stop``)."""
     stop = await lifecycle.start(settings, stop)
-    db = await Database.open(settings)
+    db = await Connector.open(settings)
     producer = kafka.producer(settings, None)
     consumer = kafka.consumer(settings, settings.topics.task_commands,
                               group_id=settings.group_id(ROLE),
                               session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
-    sink = SpawnSink(settings, db, producer)
+    sink = SpawnSink(settings, PgSpawnStore(db), producer)
     started = time.monotonic()
     try:
         await db.wait_for_schema()

@@ -24,6 +24,10 @@ Choices, in RFC terms:
 - UNTIL is inclusive. A date UNTIL bounds the local date; a floating date-time bounds the
   local wall time; a UTC (``Z``) UNTIL bounds the instant: ``occurrences`` compares resolved
   instants exactly, ``local_occurrences`` compares wall times in the ``tz`` it is given.
+
+Over 400 lines on purpose: the parser's limits (which BYxxx a FREQ allows, ordinal ranges)
+and the expansion's period arithmetic are one reading of RFC 5545/7529 and change together;
+split apart, a rule accepted by one half would not be one the other half was written for.
 """
 
 from __future__ import annotations

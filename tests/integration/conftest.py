@@ -11,8 +11,9 @@ import asyncpg
 import pytest
 
 from streams.cli import devstack
-from streams.postgres.database import Database
+from streams.postgres.connector import Connector
 from streams.settings import Settings
+from tests.integration.backends import BackendFactory, make_backend
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +34,7 @@ async def _create(name: str) -> str:
     finally:
         await admin.close()
     url = _admin_url().rsplit("/", 1)[0] + f"/{name}"
-    db = await Database.connect(url)
+    db = await Connector.connect(url)
     try:
         await db.migrate()
     finally:
@@ -56,3 +57,10 @@ def database(pg_stack: devstack.Stack) -> Iterator[str]:
     url = asyncio.run(_create(name))
     yield url
     asyncio.run(_drop(name))
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def backend(request: pytest.FixtureRequest) -> BackendFactory:
+    """The store contract suites' backends: the in-memory twins, then PostgreSQL."""
+    url = "" if request.param == "memory" else request.getfixturevalue("database")
+    return make_backend(request.param, url)

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -36,12 +36,16 @@ from schemas import (
     loads,
 )
 from streams.kafka import client as kafka
-from streams.postgres.database import Database
+from streams.postgres.connector import Connector
+from streams.postgres.outbox import PgOutboxStore
+from streams.postgres.spawns import PgSpawnStore
 from streams.processes.relay import Relay, relay_loop
 from streams.processes.spawnsink import decode_spawn, event_id_of, spawned, task_id_of
 from streams.settings import Settings
 from tests.hostile import upsert
 from tests.support import ROOT, Proc, caught_up, env_for, eventually, read_json
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
@@ -71,10 +75,10 @@ async def _fetch(url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
-async def _db(url: str) -> AsyncIterator[Database]:
-    db = await Database.connect(url)
+async def _store(url: str, store: Callable[[Connector], T]) -> AsyncIterator[T]:
+    db = await Connector.connect(url)
     try:
-        yield db
+        yield store(db)
     finally:
         await db.close()
 
@@ -94,7 +98,7 @@ def test_spawn_built_with_the_schema_round_trips_into_a_row(database: str) -> No
     assert decode_spawn(dumps(all_day)) == all_day
 
     async def go() -> None:
-        async with _db(database) as db:
+        async with _store(database, PgSpawnStore) as db:
             assert await db.insert_spawned([spawned(timed), spawned(all_day)]) == [True, True]
             assert await db.insert_spawned([spawned(timed), spawned(all_day)]) == [False, False]
         rows = {r["series_id"]: r for r in await _fetch(database, "SELECT * FROM tasks")}
@@ -136,7 +140,7 @@ def test_spawn_built_with_the_schema_round_trips_into_a_row(database: str) -> No
                        occurrence_key, created_at, updated_at, now() FROM moved""")
         finally:
             await conn.close()
-        async with _db(database) as db:
+        async with _store(database, PgSpawnStore) as db:
             assert await db.insert_spawned([spawned(other), spawned(all_day)]) == [False, False]
         assert len(await _fetch(database, "SELECT 1 FROM outbox")) == 2
         assert len(await _fetch(database, "SELECT 1 FROM tasks")) == 1
@@ -284,10 +288,11 @@ def test_listen_notify_wakes_the_relay_faster_than_polling(
 
     async def latencies(listen: bool, poll_interval_s: float, samples: int) -> tuple[
             list[float], Counter[str]]:
-        db = await Database.connect(database)
+        db = await Connector.connect(database)
         producer = kafka.producer(settings, None)
         await producer.start()
-        relay = Relay(settings, db, producer, clock=lambda: datetime.now(UTC))
+        relay = Relay(settings, PgOutboxStore(db), producer,
+                      clock=lambda: datetime.now(UTC))
         stop = asyncio.Event()
         loop = asyncio.create_task(relay_loop(relay, stop, poll_interval_s=poll_interval_s,
                                               listen=listen))
@@ -402,7 +407,8 @@ def test_a_user_is_published_by_one_relay_at_a_time_and_only_after_the_ack(
     from streams.errors import BrokerUnavailable
 
     async def go() -> None:
-        async with _db(database) as db, _db(database) as other:
+        async with _store(database, PgOutboxStore) as db, \
+                _store(database, PgOutboxStore) as other:
             conn = await asyncpg.connect(database)
             try:
                 await conn.executemany(
@@ -462,11 +468,12 @@ def test_an_outbox_row_too_large_for_kafka_never_blocks_other_users(
                                    orjson.dumps(doc).decode())
         finally:
             await conn.close()
-        db = await Database.connect(database)
+        db = await Connector.connect(database)
         producer = kafka.producer(settings, None)
         await producer.start()
         try:
-            relay = Relay(settings, db, producer, clock=lambda: datetime.now(UTC))
+            relay = Relay(settings, PgOutboxStore(db), producer,
+                          clock=lambda: datetime.now(UTC))
             return await asyncio.wait_for(relay.drain(), 60)
         finally:
             await producer.stop()

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from streams.cli import devstack
 from streams.errors import DatabaseError
-from streams.postgres.database import Database, SchemaBehind
+from streams.postgres.connector import Connector, SchemaBehind
 from streams.settings import Settings
 from tests.integration.conftest import database, pg_stack  # noqa: F401 - fixtures
 
@@ -58,7 +58,7 @@ def test_verify_full_with_the_servers_ca_connects_over_tls(tls_stack: devstack.S
     ca = tls_stack.pg_dir / "tls" / "ca.pem"
 
     async def check() -> tuple[bool, str]:
-        db = await Database.connect(_url(tls_stack, f"sslmode=verify-full&sslrootcert={ca}"))
+        db = await Connector.connect(_url(tls_stack, f"sslmode=verify-full&sslrootcert={ca}"))
         try:
             async with db.pool.acquire() as conn:
                 encrypted = await conn.fetchval(
@@ -79,7 +79,7 @@ def test_a_certificate_from_another_ca_is_refused_and_not_retried(
     other_ca = devstack.make_tls(tmp_path / "other")
 
     async def attempt() -> None:
-        await Database.connect(_url(tls_stack, f"sslmode=verify-full&sslrootcert={other_ca}"))
+        await Connector.connect(_url(tls_stack, f"sslmode=verify-full&sslrootcert={other_ca}"))
 
     with pytest.raises(DatabaseError, match="DATABASE_URL: the server's certificate is not "
                                             "trusted") as info:
@@ -89,7 +89,7 @@ def test_a_certificate_from_another_ca_is_refused_and_not_retried(
 
 def test_plaintext_is_rejected_by_the_server(tls_stack: devstack.Stack) -> None:
     async def attempt() -> None:
-        await Database.connect(_url(tls_stack, "sslmode=disable"))
+        await Connector.connect(_url(tls_stack, "sslmode=disable"))
 
     with pytest.raises(DatabaseError, match="no encryption"):
         asyncio.run(attempt())
@@ -102,7 +102,7 @@ def test_settings_timeouts_reach_every_pooled_connection(database: str) -> None:
         "pg_command_timeout_s": 5})
 
     async def check() -> list[tuple[str, str]]:
-        db = await Database.open(settings, min_size=3, max_size=3)
+        db = await Connector.open(settings, min_size=3, max_size=3)
         try:
             seen = []
             conns = [await db.pool.acquire() for _ in range(3)]
@@ -120,7 +120,7 @@ def test_settings_timeouts_reach_every_pooled_connection(database: str) -> None:
 
 def test_a_statement_past_its_timeout_is_cancelled(database: str) -> None:  # noqa: F811
     async def attempt() -> None:
-        db = await Database.connect(database, statement_timeout_ms=200)
+        db = await Connector.connect(database, statement_timeout_ms=200)
         try:
             await db.pool.fetchval("SELECT pg_sleep(5)")  # raw: a test of the server setting
         finally:
@@ -132,7 +132,7 @@ def test_a_statement_past_its_timeout_is_cancelled(database: str) -> None:  # no
 
 def test_a_session_idle_in_a_transaction_is_ended(database: str) -> None:  # noqa: F811
     async def attempt() -> None:
-        db = await Database.connect(database, idle_in_transaction_timeout_ms=200)
+        db = await Connector.connect(database, idle_in_transaction_timeout_ms=200)
         try:
             async with db.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT 1")
@@ -156,7 +156,7 @@ def test_runtime_processes_wait_for_the_schema_instead_of_migrating(
         admin = await asyncpg.connect(admin_url)
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            db = await Database.connect(url)
+            db = await Connector.connect(url)
             try:
                 missing = await db.missing_migrations()
                 with pytest.raises(SchemaBehind) as info:
@@ -164,7 +164,7 @@ def test_runtime_processes_wait_for_the_schema_instead_of_migrating(
                 waiting = asyncio.create_task(db.wait_for_schema(timeout_s=30, poll_s=0.1))
                 await asyncio.sleep(0.3)
                 assert not waiting.done()
-                migrator = await Database.connect(url)
+                migrator = await Connector.connect(url)
                 await migrator.migrate()
                 await migrator.close()
                 await asyncio.wait_for(waiting, 10)

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from streams.jobs import decisions as jobs
 from streams.jobs import registry
-from streams.jobs.decisions import Disposition, MemoryDataStore, OverlapAction
+from streams.jobs.decisions import Disposition, OverlapAction
 from streams.jobs.registry import Overlap, Retries
+from streams.testing.datastore import MemoryDataStore
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -14,8 +14,9 @@ import pytest
 from schemas import DeadLetter, Occurrence, SpawnTemplate, TaskSpawn, dumps, loads
 from streams.errors import DatabaseError, DatabaseUnavailable
 from streams.kafka.client import Record
-from streams.postgres.database import SpawnedTask
 from streams.processes.spawnsink import SpawnSink, decode_spawn, spawned
+from streams.stores import SpawnedTask
+from streams.testing.stores import MemorySpawnStore
 from tests.support import settings_for
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -32,12 +33,19 @@ def _spawn(n: int) -> bytes:
                            template=SpawnTemplate(title="t", reminders=[])))
 
 
-class FakeDb:
+class FakeDb(MemorySpawnStore):
+    """The twin, its first ``failures`` batches failing as unavailable, and the occurrences in
+    ``reject`` refused for good (as a CHECK constraint would)."""
+
     def __init__(self, failures: int = 0, reject: set[str] | None = None) -> None:
+        super().__init__()
         self.failures = failures
         self.reject = reject or set()
-        self.stored: dict[str, SpawnedTask] = {}
         self.calls = 0
+
+    @property
+    def stored(self) -> dict[str, SpawnedTask]:
+        return {t.occurrence_key: t for t in self.tasks.values()}
 
     async def insert_spawned(self, tasks: Sequence[SpawnedTask]) -> list[bool]:
         self.calls += 1
@@ -46,11 +54,7 @@ class FakeDb:
             raise DatabaseUnavailable("connection refused")
         if any(t.occurrence_key in self.reject for t in tasks):
             raise DatabaseError("violates check constraint", "23514")
-        out = []
-        for t in tasks:
-            out.append(t.occurrence_key not in self.stored)
-            self.stored.setdefault(t.occurrence_key, t)
-        return out
+        return await super().insert_spawned(tasks)
 
 
 class FakeProducer:
@@ -66,7 +70,7 @@ class FakeProducer:
 
 
 def _sink(db: FakeDb, producer: FakeProducer) -> SpawnSink:
-    return SpawnSink(settings_for("unit"), db, producer,  # type: ignore[arg-type]
+    return SpawnSink(settings_for("unit"), db, producer,
                      rng=random.Random(1), base_delay_s=0.01)
 
 

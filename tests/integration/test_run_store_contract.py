@@ -1,0 +1,301 @@
+"""The ``RunStore`` contract, one suite run against the in-memory twin and PostgreSQL.
+
+Proves ``streams.testing.stores.MemoryRunStore`` behaves as ``streams.postgres.runs`` where
+the job runner can tell: slot claims ON CONFLICT DO NOTHING, the row's life (start, finish,
+only by its runner while active), lock exclusivity and waiting, the rows of a runner whose
+sessions ended, partial runs, pause state, the CHECK constraints, and an archive run undone
+through the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from schemas import JobRun
+from streams.errors import DatabaseError
+from streams.jobs import decisions as jobs
+from streams.jobs import registry
+from streams.processes.execution import undo_run
+from streams.processes.runner import Runner
+from streams.stores import Claim, RunEnd
+from tests.integration.backends import Backend, BackendFactory, run
+from tests.integration.jobdb import NOW
+from tests.support import eventually
+
+pytestmark = pytest.mark.postgres
+WAIT_S = 10
+
+
+def _claim(status: str = "running", *, job: str = "archive", at: datetime = NOW,
+           runner_id: str = "r1", note: str | None = None) -> Claim:
+    return Claim(job, at, "archive_completed", "schedule", f"{job}@x", at, status, runner_id,
+                 note)
+
+
+async def _still_waiting(task: asyncio.Task[Any]) -> bool:
+    """True if ``task`` has not finished within a moment (it is blocked on a lock)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 0.3)
+    except TimeoutError:
+        return True
+    return False
+
+
+# --- claims ------------------------------------------------------------------------------------
+
+
+def test_a_slot_is_claimed_once_ever(backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        one, two = await b.open(), await b.open()
+        assert await one.claim(_claim(note="first"), None) is True
+        assert await two.claim(_claim(runner_id="r2"), None) is False
+        assert await one.claim(_claim("skipped"), None, finished_at=NOW) is False
+        later = NOW + timedelta(hours=1)
+        assert await two.claim(_claim("skipped", at=later, runner_id="r2"), None,
+                               finished_at=later) is True
+        rows = await one.runs("archive")
+        assert [(r["scheduled_for"], r["status"], r["runner_id"], r["attempt"],
+                 r["error_message"], r["finished_at"]) for r in rows] == [
+            (NOW, "running", "r1", 0, "first", None), (later, "skipped", "r2", 0, None, later)]
+        assert (await one.last_runs())["archive"]["scheduled_for"] == later
+        row = await two.run_row("archive", NOW)
+        assert row is not None and row["status"] == "running" and row["undoes"] is None
+        assert await two.run_row("archive", later + timedelta(hours=1)) is None
+
+    run(backend, scenario)
+
+
+def test_only_the_claiming_runner_starts_and_finishes_while_it_is_active(
+        backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        store = await b.open()
+        lock = await store.job_lock("archive", shared=False, wait=False)
+        assert await store.claim(_claim("queued"), lock)
+        assert await store.waiting_exists("archive")
+        assert not await store.start_attempt("archive", NOW, 1, NOW, lock, "r2")
+        assert await store.start_attempt("archive", NOW, 1, NOW, lock, "r1")
+        assert not await store.waiting_exists("archive")
+        later = NOW + timedelta(seconds=5)
+        # A second attempt keeps the first attempt's started_at.
+        assert await store.start_attempt("archive", NOW, 2, later, lock, "r1")
+        done = RunEnd("succeeded", 2, later, later, 5000, 3, 2, {"tasks": 3}, {"tasks": 1},
+                      None, None, {"rows_done": 2})
+        assert not await store.finish("archive", NOW, "r2", done)
+        assert await store.finish("archive", NOW, "r1", done)
+        assert not await store.finish("archive", NOW, "r1", done)  # no longer active
+        (row,) = await store.runs("archive")
+        assert {k: row[k] for k in ("status", "attempt", "started_at", "duration_ms",
+                                    "processed", "affected", "before", "after", "progress")} == {
+            "status": "succeeded", "attempt": 2, "started_at": NOW, "duration_ms": 5000,
+            "processed": 3, "affected": 2, "before": {"tasks": 3}, "after": {"tasks": 1},
+            "progress": {"rows_done": 2}}
+        await store.release(lock)
+
+    run(backend, scenario)
+
+
+def test_the_tables_constraints_hold(backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        store = await b.open()
+        with pytest.raises(DatabaseError) as info:
+            await store.claim(_claim("exploded"), None)
+        assert info.value.sqlstate == "23514"
+        assert await store.runs("archive") == []
+
+    run(backend, scenario)
+
+
+# --- locks -------------------------------------------------------------------------------------
+
+
+def test_a_job_lock_is_exclusive_or_shared(backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        one, two = await b.open(), await b.open()
+        held = await one.job_lock("archive", shared=False, wait=False)
+        assert held is not None
+        assert await two.job_lock("archive", shared=False, wait=False) is None
+        assert await two.job_lock("archive", shared=True, wait=False) is None
+        other_job = await two.job_lock("purge", shared=False, wait=False)
+        assert other_job is not None
+        await one.release(held)
+        shared = [await s.job_lock("archive", shared=True, wait=False) for s in (one, two)]
+        assert None not in shared
+        assert await two.job_lock("archive", shared=False, wait=False) is None
+        for store, lock in zip((one, two), shared, strict=True):
+            await store.release(lock)
+        again = await two.job_lock("archive", shared=False, wait=False)
+        assert again is not None
+        await two.release(again)
+        await two.release(other_job)
+        await two.release(None)
+
+    run(backend, scenario)
+
+
+def test_a_waiting_lock_is_granted_when_the_holder_lets_go(backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        one, two = await b.open(), await b.open()
+        held = await one.job_lock("archive", shared=False, wait=False)
+        assert held is not None
+        waiter = await two.waiting_connection()
+        queued = asyncio.create_task(two.wait_lock_on(waiter, "archive", shared=False))
+        blocked = asyncio.create_task(two.job_lock("archive", shared=False, wait=True))
+        assert await _still_waiting(queued) and await _still_waiting(blocked)
+        await one.release(held)
+        # One of the two gets it; the other follows once that one lets go.
+        done, _ = await asyncio.wait({queued, blocked}, timeout=WAIT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1
+        first_lock = waiter if queued in done else blocked.result()
+        await two.release(first_lock)
+        await asyncio.wait_for(asyncio.gather(queued, blocked), WAIT_S)
+        assert await one.job_lock("archive", shared=True, wait=False) is None
+        await two.release(waiter if first_lock is not waiter else blocked.result())
+
+    run(backend, scenario)
+
+
+# --- runners that went away --------------------------------------------------------------------
+
+
+def test_the_rows_of_a_runner_whose_sessions_ended_are_swept_once(
+        backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        dying, live = await b.open(), await b.open()
+        lock = await dying.job_lock("archive", shared=False, wait=False)
+        assert await dying.claim(_claim(runner_id="dying"), lock)
+        assert await dying.start_attempt("archive", NOW, 1, NOW, lock, "dying")
+        assert await live.claim(_claim("partial", at=NOW + timedelta(hours=1),
+                                       runner_id="dying"), None, finished_at=NOW)
+        assert await live.sweep_abandoned("live", NOW) == []  # its session is alive
+        assert await dying.sweep_abandoned("dying", NOW) == []  # never one's own rows
+        await b.close(dying)
+        swept: list[dict[str, Any]] = []
+
+        async def gone() -> bool:
+            swept.extend(await live.sweep_abandoned("live", NOW))
+            return bool(swept)
+
+        await eventually(gone, WAIT_S, "the dead runner's row swept")
+        assert swept == [{"job": "archive", "scheduled_for": NOW, "kind": "archive_completed",
+                          "trigger": "schedule", "attempt": 1}]
+        assert await live.sweep_abandoned("live", NOW) == []
+        row = (await live.runs("archive"))[0]
+        assert (row["status"], row["error_class"], row["finished_at"]) == (
+            "failed", "Abandoned", NOW)
+        # The lock went with the session.
+        taken = await live.job_lock("archive", shared=False, wait=False)
+        assert taken is not None
+        assert await live.reclaim_abandoned("archive", NOW, "live", taken) == 1
+        assert await live.reclaim_abandoned("archive", NOW, "other", taken) is None
+        row = (await live.runs("archive"))[0]
+        assert (row["status"], row["runner_id"], row["error_class"], row["finished_at"]) == (
+            "running", "live", None, None)
+        assert await live.start_attempt("archive", NOW, 2, NOW, taken, "live")
+        await live.release(taken)
+
+    run(backend, scenario)
+
+
+def test_a_partial_run_is_resumed_by_one_runner(backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        store = await b.open()
+        later = NOW + timedelta(hours=1)
+        for at in (later, NOW):
+            assert await store.claim(_claim("partial", at=at, note="outside"), None,
+                                     finished_at=NOW)
+        assert [(r["scheduled_for"], r["attempt"]) for r in await store.partial_runs()] == [
+            (NOW, 0), (later, 0)]
+        lock = await store.job_lock("archive", shared=False, wait=False)
+        assert lock is not None
+        carried = await store.reclaim_partial("archive", NOW, "r2", lock)
+        assert carried == {"attempt": 0, "processed": 0, "affected": 0, "before": {},
+                           "progress": {}}
+        assert await store.reclaim_partial("archive", NOW, "r3", lock) is None
+        assert [r["scheduled_for"] for r in await store.partial_runs()] == [later]
+        assert await store.start_attempt("archive", NOW, 1, NOW, lock, "r2")
+        await store.release(lock)
+
+    run(backend, scenario)
+
+
+# --- pause state -------------------------------------------------------------------------------
+
+
+def test_pause_defer_and_resume(backend: BackendFactory) -> None:
+    async def scenario(b: Backend) -> None:
+        store = await b.open()
+        assert await store.job_state("archive") == (False, None, None)
+        await store.defer("archive", NOW)  # not paused: nothing to remember
+        await store.pause("archive", "maintenance")
+        for at in (NOW + timedelta(hours=2), NOW, NOW + timedelta(hours=1)):
+            await store.defer("archive", at)
+        assert await store.job_state("archive") == (True, "maintenance", NOW)
+        await store.clear_resume_from("archive")  # still paused: kept
+        states = await store.job_states()
+        assert list(states) == ["archive"]
+        assert {k: states["archive"][k] for k in ("paused", "reason", "resume_from")} == {
+            "paused": True, "reason": "maintenance", "resume_from": NOW}
+        assert await store.resume("archive", from_now=False) == NOW
+        assert await store.job_state("archive") == (False, None, NOW)
+        await store.clear_resume_from("archive")
+        assert await store.job_state("archive") == (False, None, None)
+        await store.pause("archive", "again")
+        await store.defer("archive", NOW)
+        assert await store.resume("archive", from_now=True) is None
+        assert await store.job_state("archive") == (False, None, None)
+
+    run(backend, scenario)
+
+
+# --- an archive run and its undo, through the runner -------------------------------------------
+
+
+def test_an_archive_run_and_its_undo_through_the_runner(backend: BackendFactory) -> None:
+    job = registry.parse({"jobs": [{"name": "archive", "kind": "archive_completed",
+                                    "schedule": "0 * * * *",
+                                    "params": {"batch_size": 4}}]}).jobs[0]
+
+    async def scenario(b: Backend) -> list[JobRun]:
+        await b.seed_completed(10)
+        store = await b.open()
+        emitted: list[JobRun] = []
+
+        async def emit(run: JobRun) -> None:
+            emitted.append(run)
+
+        clock = iter(NOW + timedelta(seconds=s) for s in range(100))
+        runner = Runner(registry.Registry((job,)), store, clock=lambda: next(clock),
+                        rng=random.Random(1), emit=emit)
+        task = await runner.dispatch(job, NOW, "schedule", "t", NOW)
+        assert task is not None
+        await task
+        assert await runner.dispatch(job, NOW, "schedule", "t", NOW) is None  # once ever
+        tag = jobs.archive_tag(job.name, NOW)
+        for _ in range(2):
+            lock = await store.job_lock(job.name, shared=False, wait=False)
+            assert lock is not None
+            try:
+                await undo_run(runner, job, tag, lock)
+            finally:
+                await store.release(lock)
+        assert (await store.undo_preview(tag)).rows == 0
+        rows = await store.runs(job.name)
+        assert [(r["trigger"], r["status"], r["affected"], r["undoes"]) for r in rows] == [
+            ("schedule", "succeeded", 10, None), ("undo", "succeeded", 10, tag),
+            ("undo", "succeeded", 0, tag)]
+        return emitted
+
+    emitted = run(backend, scenario)
+    assert [(r.trigger, r.status, r.affected, r.before, r.after) for r in emitted] == [
+        ("schedule", "succeeded", 10, {"tasks": 10, "eligible": 10, "tasks_archive": 0},
+         {"tasks": 0, "eligible": 0, "tasks_archive": 10}),
+        ("undo", "succeeded", 10, {"archived_by_run": 10, "blocked": 0},
+         {"archived_by_run": 0, "blocked": 0}),
+        ("undo", "succeeded", 0, {"archived_by_run": 0, "blocked": 0},
+         {"archived_by_run": 0, "blocked": 0})]
