@@ -61,7 +61,9 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 class Rekeyer:
-    """todo.task-events → scheduler.timeline, keyed and partitioned by user_id."""
+    """todo.task-events → scheduler.timeline, keyed and partitioned by user_id; the bytes go
+    on unchanged. A record it cannot route is dead-lettered here, with its task-events
+    coordinates; one it routes but that fails validation, by the timeline agent."""
 
     def __init__(self, settings: Settings, timeline_partitions: int) -> None:
         self.changelog_topic: str | None = None
@@ -76,12 +78,11 @@ class Rekeyer:
         pass
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
+        # Reads only the user id; the timeline agent validates the event (codec docstring).
         decoded, outputs = decode_all(self.settings, "rekeyer", records,
-                                      codec.decode_task_event)
+                                      codec.route_task_event)
         self.counts["dead_letters"] += len(outputs)
-        for record, event in decoded:
-            user = (event.task.user_id if event.type == "task.upserted" else event.user_id)
-            key = user.encode()
+        for record, key in decoded:
             outputs.append(Output(self.settings.topics.timeline, key, record.value,
                                   partition_for(key, self.partitions)))
             self.counts["rekeyed"] += 1
