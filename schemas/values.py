@@ -94,7 +94,14 @@ def _to_utc(value: datetime) -> datetime:
 
 
 def _to_utc_in_range(value: datetime) -> datetime:
-    value = _to_utc(value)
+    # _to_utc written out again: this runs for every instant of every decoded record.
+    zone = value.tzinfo
+    if type(zone) is not TzInfo and (zone is None or value.utcoffset() is None):
+        raise PydanticCustomError("instant_naive", _NAIVE)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise _out_of_range() from None
     if not EARLIEST <= value < LATEST:
         raise _out_of_range()
     return value
