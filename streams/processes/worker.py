@@ -70,6 +70,8 @@ class Rekeyer:
         self.settings = settings
         self.partitions = timeline_partitions
         self.counts: Counter[str] = Counter()
+        # aiokafka's murmur2 is pure Python (about 1.7 µs a key); a user sends many events.
+        self.partition_of: dict[bytes, int] = {}
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
         pass
@@ -83,8 +85,12 @@ class Rekeyer:
                                       codec.route_task_event)
         self.counts["dead_letters"] += len(outputs)
         for record, key in decoded:
-            outputs.append(Output(self.settings.topics.timeline, key, record.value,
-                                  partition_for(key, self.partitions)))
+            target = self.partition_of.get(key)
+            if target is None:
+                if len(self.partition_of) >= 16_384:  # about 2 MB at most
+                    self.partition_of.clear()
+                target = self.partition_of[key] = partition_for(key, self.partitions)
+            outputs.append(Output(self.settings.topics.timeline, key, record.value, target))
             self.counts["rekeyed"] += 1
         return outputs
 
