@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     Discriminator,
@@ -45,8 +45,6 @@ from schemas.values import (
 )
 from streams.errors import InvalidSchedule
 from streams.timecore.recurrence import parse_rrule
-
-T = TypeVar("T")
 
 
 class BeforeReminder(InputModel):
