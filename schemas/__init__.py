@@ -7,8 +7,8 @@ aiokafka, asyncpg, settings or anything of ``streams``.
 """
 
 from schemas.deadletters import DeadLetter
+from schemas.edge import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER
 from schemas.events import (
-    TASK_EVENT_ADAPTER,
     AtReminder,
     BeforeReminder,
     DstPolicy,
@@ -32,7 +32,7 @@ from schemas.notifications import (
     SpawnTemplate,
     TaskSpawn,
 )
-from schemas.ticks import TIMELINE_ADAPTER, Tick, TimelineRecord
+from schemas.ticks import Tick, TimelineRecord
 from schemas.values import (
     InputModel,
     Instant,

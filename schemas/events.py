@@ -1,27 +1,24 @@
 """Input records on ``todo.task-events``: task upserts and deletions, user settings.
 
 Owns their shapes and shallow checks (non-empty ids, versions ≥ 1, known zones, one of
-``due_at``/``due_date``) and, on top, the edge checks of ``TASK_EVENT_ADAPTER`` (what the
-codec decodes records with): the bounds of ``schemas.limits`` (instant and date range, title
-length, reminders per task, id length, ``before_minutes``) and the RRULE parsed in full by
-the time core, so that nothing a record carries can make planning raise later. The models
-themselves stay lenient, so that state stored before the limits (the worker's changelog, a
-spawn's template) still loads. Must not import faust, aiokafka, asyncpg or ``streams``
-except the time core's RRULE parser.
+``due_at``/``due_date``, the outline of a rule). These models stay lenient, so that state
+stored before the limits (the worker's changelog, a spawn's template) still loads; records
+read from a topic are decoded by ``schemas.edge``, which holds the same classes to the
+bounds of ``schemas.limits`` and parses the RRULE in full (``rule_problem``), so that
+nothing a record carries can make planning raise later. Must not import faust, aiokafka,
+asyncpg or ``streams`` except the time core's RRULE parser.
 """
 
 from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
-    AfterValidator,
     Discriminator,
     Field,
     Tag,
-    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -29,15 +26,12 @@ from pydantic_core import PydanticCustomError
 
 from schemas.limits import (
     EARLIEST,
-    EARLIEST_DATE,
     LATEST,
     LATEST_DATE,
     MAX_BEFORE_MINUTES,
-    MAX_ID_CHARS,
     MAX_REMINDERS,
     MAX_RRULE_CHARS,
     MAX_TITLE_CHARS,
-    MAX_VERSION,
 )
 from schemas.values import (
     Count,
@@ -48,12 +42,9 @@ from schemas.values import (
     NonEmptyStr,
     Version,
     Zone,
-    format_instant,
 )
 from streams.errors import InvalidSchedule
 from streams.timecore.recurrence import parse_rrule
-
-T = TypeVar("T")
 
 
 class BeforeReminder(InputModel):
@@ -69,14 +60,15 @@ class AtReminder(InputModel):
 
 
 def _reminder_tag(value: Any) -> str | None:
-    if isinstance(value, BeforeReminder | AtReminder):
-        return type(value).__name__
-    if not isinstance(value, dict):
-        return None
-    keys = {"before_minutes", "at"} & value.keys()
-    if keys == {"before_minutes"}:
+    # Called from pydantic-core for every reminder decoded: the common case (a dict) first.
+    if isinstance(value, dict):
+        before = "before_minutes" in value
+        if before is ("at" in value):
+            return None
+        return "BeforeReminder" if before else "AtReminder"
+    if isinstance(value, BeforeReminder):
         return "BeforeReminder"
-    if keys == {"at"}:
+    if isinstance(value, AtReminder):
         return "AtReminder"
     return None
 
@@ -173,88 +165,23 @@ TaskEvent: TypeAlias = Annotated[
 ]
 
 
-def limit_violations(event: TaskUpserted | TaskDeleted | UserSettings) -> list[str]:
-    """What ``event`` carries past the bounds of ``schemas.limits``, each as ``path: why``
-    (paths and rules only, never the values: a title is user text)."""
-    problems: list[str] = []
-
-    def instant(path: str, value: datetime | None) -> None:
-        if value is not None and not EARLIEST <= value < LATEST:
-            problems.append(f"{path}: should be an instant between {format_instant(EARLIEST)} "
-                            f"and {format_instant(LATEST)}")
-
-    def ident(path: str, value: str | None) -> None:
-        if value is not None and len(value) > MAX_ID_CHARS:
-            problems.append(f"{path}: should have at most {MAX_ID_CHARS} characters")
-
-    ident("event_id", event.event_id)
-    instant("occurred_at", event.occurred_at)
-    version = event.task.version if isinstance(event, TaskUpserted) else event.version
-    if version > MAX_VERSION:
-        path = "task.version" if isinstance(event, TaskUpserted) else "version"
-        problems.append(f"{path}: should be at most {MAX_VERSION} (a bigint)")
-    if isinstance(event, UserSettings):
-        ident("user_id", event.user_id)
-        return problems
-    if isinstance(event, TaskDeleted):
-        ident("task_id", event.task_id)
-        ident("user_id", event.user_id)
-        return problems
-    task = event.task
-    for name in ("task_id", "user_id", "series_id"):
-        ident(f"task.{name}", getattr(task, name))
-    if len(task.title) > MAX_TITLE_CHARS:
-        problems.append(f"task.title: should have at most {MAX_TITLE_CHARS} characters")
-    instant("task.due_at", task.due_at)
-    instant("task.completed_at", task.completed_at)
-    if task.due_date is not None and not EARLIEST_DATE <= task.due_date <= LATEST_DATE:
-        problems.append(f"task.due_date: should be a local date between "
-                        f"{EARLIEST_DATE.isoformat()} and {LATEST_DATE.isoformat()}")
-    if len(task.reminders) > MAX_REMINDERS:
-        problems.append(f"task.reminders: should have at most {MAX_REMINDERS} items")
-    for i, reminder in enumerate(task.reminders[:MAX_REMINDERS]):
-        if isinstance(reminder, AtReminder):
-            instant(f"task.reminders.{i}.at", reminder.at)
-        elif reminder.before_minutes > MAX_BEFORE_MINUTES:
-            problems.append(f"task.reminders.{i}.before_minutes: should be at most "
-                            f"{MAX_BEFORE_MINUTES} (366 days)")
-    if task.recurrence is not None:
-        problems.extend(_rule_violations(task.recurrence.rrule))
-    return problems
-
-
 # Users share a handful of rules ("FREQ=DAILY", "FREQ=WEEKLY;BYDAY=MO"): parse each once.
 @functools.lru_cache(maxsize=4096)
-def _rule_violations(rrule: str) -> tuple[str, ...]:
-    path = "task.recurrence.rrule"
+def rule_problem(rrule: str) -> str | None:
+    """Why ``rrule`` is past the bounds of ``schemas.limits`` or refused by the time core's
+    parser (naming the rule part, quoting at most one item of a bounded rule), or None."""
     if len(rrule) > MAX_RRULE_CHARS:
-        return (f"{path}: should have at most {MAX_RRULE_CHARS} characters",)
+        return f"should have at most {MAX_RRULE_CHARS} characters"
     try:
         rule = parse_rrule(rrule)
     except InvalidSchedule as exc:
-        # Names the rule part (COUNT, BYDAY...), quoting at most one item of a bounded rule.
-        return (f"{path}: {exc}",)
+        return str(exc)
     if rule.until is not None:
         day = rule.until.date() if isinstance(rule.until, datetime) else rule.until
         if not EARLIEST.date() <= day <= LATEST_DATE:
-            return (f"{path}: UNTIL should be between {EARLIEST.date().isoformat()} and "
-                    f"{(LATEST - timedelta(days=1)).date().isoformat()}",)
-    return ()
-
-
-def within_limits(event: T) -> T:
-    """``event`` if it is within ``schemas.limits``, else a validation error naming the
-    fields (the edge check of ``TASK_EVENT_ADAPTER`` and ``TIMELINE_ADAPTER``)."""
-    if isinstance(event, TaskUpserted | TaskDeleted | UserSettings):
-        problems = limit_violations(event)
-        if problems:
-            raise PydanticCustomError("input_limit", "{reason}",
-                                      {"reason": "; ".join(problems[:3])})
-    return event
-
-
-TASK_EVENT_ADAPTER: TypeAdapter[TaskEvent] = TypeAdapter(
-    Annotated[TaskEvent, AfterValidator(within_limits)])
+            return (f"UNTIL should be between {EARLIEST.date().isoformat()} and "
+                    f"{(LATEST - timedelta(days=1)).date().isoformat()}")
+    return None
 
 
 def user_id_of(event: TaskEvent) -> str:

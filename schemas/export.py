@@ -18,10 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.deadletters import DeadLetter
-from schemas.events import TASK_EVENT_ADAPTER
+from schemas.edge import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER
 from schemas.jobs import JobRun, JobTrigger
 from schemas.notifications import NOTIFICATION_ADAPTER, TaskSpawn
-from schemas.ticks import TIMELINE_ADAPTER
 
 JSON_DIR = Path(__file__).parent / "json"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

@@ -1,17 +1,18 @@
 """Ticks and the internal ``scheduler.timeline`` log they are interleaved into.
 
 Owns the tick record and the union of everything a timeline partition carries (ticks next
-to re-keyed task events). Only the tick producer reads a clock; this module never does.
-Must not import faust, aiokafka, asyncpg or ``streams``.
+to re-keyed task events; ``schemas.edge.TIMELINE_ADAPTER`` decodes it). Only the tick
+producer reads a clock; this module never does. Must not import faust, aiokafka, asyncpg
+or ``streams``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, TypeAlias
 
-from pydantic import AfterValidator, Field, TypeAdapter
+from pydantic import Field
 
-from schemas.events import TaskDeleted, TaskUpserted, UserSettings, within_limits
+from schemas.events import TaskDeleted, TaskUpserted, UserSettings
 from schemas.values import InputInstant, InputModel
 
 
@@ -32,5 +33,3 @@ class Tick(InputModel):
 TimelineRecord: TypeAlias = Annotated[
     Tick | TaskUpserted | TaskDeleted | UserSettings, Field(discriminator="type")
 ]
-TIMELINE_ADAPTER: TypeAdapter[TimelineRecord] = TypeAdapter(
-    Annotated[TimelineRecord, AfterValidator(within_limits)])

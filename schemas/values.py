@@ -29,12 +29,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     PlainSerializer,
     Strict,
     StringConstraints,
     WithJsonSchema,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import CoreSchema, PydanticCustomError, TzInfo, core_schema
 
 from schemas.limits import (
     EARLIEST,
@@ -43,46 +44,73 @@ from schemas.limits import (
 )
 from streams.timecore.instants import format_instant as format_instant
 
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
-)
+# The shape of an instant, checked in pydantic-core (Rust regex, anchored: a full match) before
+# its datetime parser, which alone would also take a bare date or a number of seconds.
+_RFC3339_TEXT = (r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?"
+                 r"(?:[Zz]|[+-]\d{2}:\d{2})?$")
+_RFC3339_OFFSET = r"(?:[Zz]|[+-]\d{2}:\d{2})$"
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _HH_MM = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d")
 _NAIVE = "naive datetime: an instant needs a UTC offset such as 'Z'"
 
 
-def _instant_shape(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        raise PydanticCustomError("instant_type", "Input should be an RFC 3339 instant string")
-    match = _RFC3339.fullmatch(value)
-    if match is None:
-        raise PydanticCustomError("instant_format", "Input should be an RFC 3339 instant")
-    if match["offset"] is None:
-        raise PydanticCustomError("instant_naive", _NAIVE)
-    return value
+class _InstantShape:
+    """Text an instant may be read from: an RFC 3339 string with an offset (a ``datetime``
+    passes as it is; ``_to_utc`` refuses a naive one). Each step runs in pydantic-core, no
+    Python call per field; each error says what is wrong, in this order: not a string, not
+    RFC 3339, no offset."""
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        def step(text: CoreSchema, error: str, message: str) -> CoreSchema:
+            # Text first: what a decoded record carries; no error is built on the way.
+            either = core_schema.union_schema(
+                [text, core_schema.is_instance_schema(datetime)], mode="left_to_right")
+            return core_schema.custom_error_schema(
+                either, custom_error_type=error, custom_error_message=message)
+
+        return core_schema.chain_schema([
+            step(core_schema.str_schema(strict=True), "instant_type",
+                 "Input should be an RFC 3339 instant string"),
+            step(core_schema.str_schema(pattern=_RFC3339_TEXT), "instant_format",
+                 "Input should be an RFC 3339 instant"),
+            step(core_schema.str_schema(pattern=_RFC3339_OFFSET), "instant_naive", _NAIVE),
+            handler(source),
+        ])
 
 
 def _to_utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
+    zone = value.tzinfo
+    # pydantic-core's parser gives its own fixed-offset TzInfo (its utcoffset is slow to ask);
+    # a datetime handed in as such may carry any tzinfo, or none.
+    if type(zone) is not TzInfo and (zone is None or value.utcoffset() is None):
         raise PydanticCustomError("instant_naive", _NAIVE)
     try:
         return value.astimezone(UTC)
     except OverflowError:
         # Year 1 with a positive offset (or 9999 with a negative one) is legal RFC 3339 but
         # has no UTC instant in Python; pydantic passes only ValueError on as a field error.
-        raise PydanticCustomError(
-            "instant_range", "Input should be an instant between {earliest} and {latest}",
-            {"earliest": format_instant(EARLIEST), "latest": format_instant(LATEST)}) from None
+        raise _out_of_range() from None
 
 
-def _in_range(value: datetime) -> datetime:
+def _to_utc_in_range(value: datetime) -> datetime:
+    # _to_utc written out again: this runs for every instant of every decoded record.
+    zone = value.tzinfo
+    if type(zone) is not TzInfo and (zone is None or value.utcoffset() is None):
+        raise PydanticCustomError("instant_naive", _NAIVE)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise _out_of_range() from None
     if not EARLIEST <= value < LATEST:
-        raise PydanticCustomError(
-            "instant_range", "Input should be an instant between {earliest} and {latest}",
-            {"earliest": format_instant(EARLIEST), "latest": format_instant(LATEST)})
+        raise _out_of_range()
     return value
+
+
+def _out_of_range() -> PydanticCustomError:
+    return PydanticCustomError(
+        "instant_range", "Input should be an instant between {earliest} and {latest}",
+        {"earliest": format_instant(EARLIEST), "latest": format_instant(LATEST)})
 
 
 def _date_shape(value: Any) -> Any:
@@ -117,18 +145,18 @@ def _known_zone(name: str) -> str:
     return name
 
 
+_INSTANT_JSON = WithJsonSchema(
+    {"type": "string", "format": "date-time", "description": "RFC 3339; written in UTC with Z"})
+_INSTANT_TEXT = PlainSerializer(format_instant, return_type=str, when_used="json")
 Instant: TypeAlias = Annotated[
-    datetime,
-    BeforeValidator(_instant_shape),
-    AfterValidator(_to_utc),
-    PlainSerializer(format_instant, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {"type": "string", "format": "date-time", "description": "RFC 3339; written in UTC with Z"}
-    ),
+    datetime, _InstantShape(), AfterValidator(_to_utc), _INSTANT_TEXT, _INSTANT_JSON
 ]
 LocalDate: TypeAlias = Annotated[date, BeforeValidator(_date_shape)]
-# A tick's instant (schemas.limits): the due index is only asked about this range.
-InputInstant: TypeAlias = Annotated[Instant, AfterValidator(_in_range)]
+# An input's instant (schemas.limits): the due index is only asked about this range. One
+# Python call per instant: the conversion to UTC and the range check together.
+InputInstant: TypeAlias = Annotated[
+    datetime, _InstantShape(), AfterValidator(_to_utc_in_range), _INSTANT_TEXT, _INSTANT_JSON
+]
 LocalTime: TypeAlias = Annotated[
     time,
     BeforeValidator(_time_shape),

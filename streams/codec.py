@@ -4,7 +4,8 @@ Decoding never raises anything but ``InvalidEvent`` (whose reason is safe to log
 field paths, never user text); every invalid record becomes a ``DeadLetter`` carrying the
 original bytes (a bounded prefix of them past ``schemas.limits.DEAD_LETTER_VALUE_BYTES``).
 A record larger than ``schemas.limits.MAX_RECORD_BYTES`` is refused before it is parsed.
-No Kafka or PostgreSQL client here.
+A task event is validated once, where it is applied (``decode_timeline``); re-keying reads
+only the user it belongs to (``route_task_event``). No Kafka or PostgreSQL client here.
 """
 
 from __future__ import annotations
@@ -12,16 +13,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import orjson
 from pydantic import TypeAdapter
 
-from schemas import TASK_EVENT_ADAPTER, TIMELINE_ADAPTER, DeadLetter, Tick, TimelineRecord
+from schemas import (
+    TASK_EVENT_ADAPTER,
+    TIMELINE_ADAPTER,
+    DeadLetter,
+    Tick,
+    TimelineRecord,
+    user_id_of,
+)
 from schemas.events import TaskEvent
-from schemas.limits import MAX_RECORD_BYTES
+from schemas.limits import MAX_ID_CHARS, MAX_RECORD_BYTES
 from schemas.wire import WireError, dumps, loads
 from streams.errors import InvalidEvent
 from streams.timecore.instants import format_instant
 
-__all__ = ["dead_letter", "decode_task_event", "decode_timeline", "dumps"]
+__all__ = ["dead_letter", "decode_task_event", "decode_timeline", "dumps", "route_task_event"]
 
 T = TypeVar("T")
 
@@ -56,6 +65,33 @@ def decode_timeline(value: bytes | None) -> TimelineRecord:
 def decode_task_event(value: bytes | None) -> TaskEvent:
     """A record of todo.task-events."""
     return _decode(TASK_EVENT_ADAPTER, value)
+
+
+_USER_AT_TOP = frozenset({"task.deleted", "user.settings"})
+
+
+def route_task_event(value: bytes | None) -> bytes:
+    """The key a record of todo.task-events is re-keyed by: its ``user_id`` as UTF-8.
+
+    Only what routing needs is read (size, a JSON object, a known ``type``, a ``user_id``
+    string of 1 to ``MAX_ID_CHARS`` characters); the rest is validated once, by the timeline
+    agent (``decode_timeline``), which dead-letters what fails there. A record that cannot
+    be routed is refused with the reason ``decode_task_event`` gives it."""
+    value = checked_size(value)
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        document = None
+    if type(document) is dict:
+        kind = document.get("type")
+        holder = (document.get("task") if kind == "task.upserted"
+                  else document if kind in _USER_AT_TOP else None)
+        if type(holder) is dict:
+            user = holder.get("user_id")
+            # orjson refuses lone surrogates, so the id always encodes.
+            if type(user) is str and 0 < len(user) <= MAX_ID_CHARS:
+                return user.encode()
+    return user_id_of(decode_task_event(value)).encode()
 
 
 def encode_tick(tick_at: datetime, *, source: str = "live") -> bytes:

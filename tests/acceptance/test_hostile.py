@@ -3,9 +3,11 @@
 47 kinds of malformed or hostile task events (tests/hostile.py) are interleaved with valid
 events of the same users, keyed by those users so they share partitions; garbage and a live
 tick ten years ahead are written straight into the timeline. Every valid reminder arrives
-exactly once (read_committed), every bad record is in the dead letters with a reason naming
-what was wrong, and the worker never restarts. The tick producer's resume read skips what is
-not a tick and a tick far ahead of its broker time; range ticks still move time on purpose.
+exactly once (read_committed), every bad record is in the dead letters exactly once with a
+reason naming what was wrong (from the re-keyer if it cannot be routed, else from the
+timeline agent, which validates), and the worker never restarts. The tick producer's resume
+read skips what is not a tick and a tick far ahead of its broker time; range ticks still
+move time on purpose.
 (The relay's side, an outbox row too large for Kafka, is in tests/integration/test_outbox.py.)
 """
 
@@ -94,8 +96,15 @@ def test_hostile_records_never_stop_the_scheduler(settings: Settings, tmp_path: 
     assert all(n["late"] is False for n in notes)
 
     letters = asyncio.run(read_json(settings, settings.topics.dead_letters))
-    from_events = [d for d in letters if d["source_topic"] == settings.topics.task_events]
-    assert len(from_events) == len(bad)
+    # Each bad record once: the re-keyer refuses what it cannot route (no JSON object, no
+    # user); what names its user is re-keyed unchanged and refused by the timeline agent.
+    from_events = [d for d in letters if d["original_sha256"] in bad]
+    assert Counter(d["original_sha256"] for d in from_events) == dict.fromkeys(bad, 1)
+    where = {bad[d["original_sha256"]][0]: d["source_topic"] for d in from_events}
+    for kind in ("garbage bytes", "a JSON array", "missing user_id", "unknown type"):
+        assert where[kind] == settings.topics.task_events, kind
+    for kind in ("due_at far future", "title 2000 chars", "rrule BYHOUR", "unknown zone"):
+        assert where[kind] == settings.topics.timeline, kind
     for letter in from_events:
         kind, word = bad[letter["original_sha256"]]
         assert word in letter["reason"], (kind, letter["reason"])
@@ -103,7 +112,8 @@ def test_hostile_records_never_stop_the_scheduler(settings: Settings, tmp_path: 
         assert len(orjson.dumps(letter)) < 64 * 1024
     from_timeline = Counter(
         "tick" if d["reason"].startswith("tick_at: live tick") else "garbage"
-        for d in letters if d["source_topic"] == settings.topics.timeline)
+        for d in letters
+        if d["source_topic"] == settings.topics.timeline and d["original_sha256"] not in bad)
     assert from_timeline == {"tick": partitions, "garbage": partitions}
     log = (tmp_path / "worker.log").read_text()
     assert "Secret" not in log

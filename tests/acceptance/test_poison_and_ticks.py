@@ -33,7 +33,9 @@ def _task_event(user: str, task: str, fire: datetime, version: int = 1) -> dict[
 
 
 def _poison(rng: random.Random) -> list[tuple[bytes, str]]:
-    """(record, a word the reason must contain)."""
+    """(record, a word the reason must contain). The first five cannot be routed (the
+    re-keyer refuses them); the last three name their user and fail validation in the
+    timeline agent."""
     good = _task_event("u", "t", datetime(2026, 1, 2, tzinfo=UTC))
     wrong_type = orjson.loads(orjson.dumps(good))
     wrong_type["task"]["version"] = "one"
@@ -84,10 +86,12 @@ def test_poison_goes_to_dead_letters_and_valid_events_flow(settings: Settings,
     letters = asyncio.run(read_json(settings, settings.topics.dead_letters))
     assert len(letters) == len(poison) + 1
     by_value = {base64.b64decode(d["original_value_b64"]): d for d in letters}
-    for record, word in poison:
+    for n, (record, word) in enumerate(poison):
         letter = by_value[record]
         assert word in letter["reason"], (word, letter["reason"])
-        assert letter["source_topic"] == settings.topics.task_events
+        routed = n >= 5  # re-keyed unchanged, then refused where it is validated
+        assert letter["source_topic"] == (
+            settings.topics.timeline if routed else settings.topics.task_events)
         assert "Secret" not in letter["reason"]
     timeline_letter = by_value[b'{"type": "tick"}']
     assert timeline_letter["source_topic"] == settings.topics.timeline
