@@ -6,7 +6,8 @@ is a tombstone (the key left the state). ``snapshot`` writes the value of one ke
 ``restore`` loads the latest value of each key in log order into a fresh
 ``PartitionState`` and has it rebuild what is derived. Values written by earlier versions
 still load: a completed task becomes a marker, a marker without ``retired_at`` expires
-from its event's ``occurred_at``. No IO and no clock here.
+from its event's ``occurred_at``, a task without ``base`` (its ``fired`` then lists every
+instant handled) takes the restored watermark as its base. No IO and no clock here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def restore(state: PartitionState, entries: Iterable[tuple[str, bytes | None]]) 
     latest: dict[str, bytes | None] = {}
     for key, value in entries:
         latest[key] = value
+    without_base: list[TaskState] = []
     for key, value in latest.items():
         if value is None:
             continue
@@ -50,7 +52,13 @@ def restore(state: PartitionState, entries: Iterable[tuple[str, bytes | None]]) 
         elif key.startswith("u|"):
             state.users[key[2:]] = _user_state(data)
         elif key.startswith("t|"):
-            state.tasks[key] = _task_state(data)
+            task = state.tasks[key] = _task_state(data)
+            if "base" not in data:
+                without_base.append(task)
+    # A value written before ``base`` lists every instant handled so far in ``fired``:
+    # taking the watermark as its base keeps exactly that meaning.
+    for task in without_base:
+        task.base = state.watermark
     state.reindex()
 
 
@@ -79,6 +87,7 @@ def _task_value(task: TaskState) -> bytes:
         "spawned_through": _opt_instant(task.spawned_through),
         "completion_spawns": [_spawn_doc(f) for f in task.completion_spawns.values()],
         "retired_at": _opt_instant(task.retired_at),
+        "base": _opt_instant(task.base),
     })
 
 
@@ -87,6 +96,7 @@ def _task_state(data: dict[str, Any]) -> TaskState:
         data["user_id"], data["task_id"], data["version"], _instant(data["occurred_at"]),
         None if data["task"] is None else Task.model_validate(data["task"]),
         {_instant(at) for at in data["fired"]}, _read_opt_instant(data["spawned_through"]),
+        base=_read_opt_instant(data.get("base")),
     )
     for doc in data["completion_spawns"]:
         fire = _spawn_fire(doc)

@@ -1,8 +1,9 @@
 """Per-partition state of the timeline agent and its due index.
 
 A ``PartitionState`` holds the users and tasks of one timeline partition, the watermark
-(the last processed tick) and what has already fired (reminder instants per task, the last
-digest per user, how far each series has spawned). The due index is derived: it is rebuilt
+(the last processed tick) and what has already fired (reminder instants per task, implied
+by the watermark and the version's ``base`` (``TaskState``); the last digest per user; how
+far each series has spawned). The due index is derived: it is rebuilt
 from that state when a partition is restored, never persisted. Applying an event or a tick
 mutates the state and returns ``Effects``: the records to emit, the changelog keys that
 changed and the counts for the run summary. The bytes of each changelog key and recovery
@@ -11,7 +12,8 @@ from them are ``changelog``'s. No IO and no clock here.
 State stays bounded (docs/contracts.md, "State retention"): a deleted or completed task
 shrinks to a version marker that rejects stale upserts for ``retention_s`` of log time (the
 watermark), then leaves the state and the changelog (a tombstone); fired reminder instants
-older than the reminder catch-up window are dropped, since a tick can no longer emit them.
+older than the reminder catch-up window are dropped when a version is applied, since a tick
+can no longer emit them.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ _UTC = ZoneInfo("UTC")
 
 @dataclass
 class TaskState:
+    """One task's version and what of it has fired, relative to the watermark.
+
+    What has fired is implied by the watermark rather than recorded per fire, so a tick
+    writes no task to the changelog: ``base`` is the watermark when this version was
+    applied, ``fired`` only the instants at or before ``base`` already handled (carried
+    over from earlier versions). A planned instant X has been handled at watermark W iff
+    X ≤ W and (X > base, or X in ``fired``, or W > base: the first tick after ``base``
+    handles every planned instant up to it, late or missed).
+    """
+
     user_id: str
     task_id: str
     version: int
@@ -68,16 +80,28 @@ class TaskState:
     spawned_through: datetime | None = None  # due instant of the last occurrence spawned
     completion_spawns: dict[str, SpawnFire] = field(default_factory=dict)
     retired_at: datetime | None = None  # log time the marker was written; expires from it
+    base: datetime | None = None  # the watermark when this version was applied
 
     @property
     def key(self) -> str:
         return f"t|{self.user_id}|{self.task_id}"
 
-    def pending(self) -> dict[datetime, ReminderFire]:
-        if self.task is None:
-            return {}
-        planned = reminder_fires(self.task, self.occurred_at)
-        return {at: fire for at, fire in planned.items() if at not in self.fired}
+    def planned(self) -> dict[datetime, ReminderFire]:
+        return {} if self.task is None else reminder_fires(self.task, self.occurred_at)
+
+    def pending(self, watermark: datetime | None) -> dict[datetime, ReminderFire]:
+        """The planned reminders not yet handled at ``watermark``."""
+        planned = self.planned()
+        if watermark is None or watermark == self.base:
+            return {at: fire for at, fire in planned.items() if at not in self.fired}
+        return {at: fire for at, fire in planned.items() if at > watermark}
+
+    def handled(self, watermark: datetime | None) -> set[datetime]:
+        """Every instant handled at ``watermark``, this version's and earlier ones' (what a
+        next version applied at ``watermark`` carries over as its ``fired``)."""
+        if watermark is None or watermark == self.base:
+            return set(self.fired)
+        return self.fired | {at for at in self.planned() if at <= watermark}
 
     def next_spawn(self, tz: ZoneInfo, policy: DstPolicy,
                    horizon: datetime | None) -> SpawnFire | None:
@@ -102,7 +126,7 @@ class TaskState:
         plus the catch-up window, across any number of versions.
         """
         if any(at < before for at in self.fired):
-            planned = {} if self.task is None else reminder_fires(self.task, self.occurred_at)
+            planned = self.planned()
             self.fired = {at for at in self.fired if at >= before or at in planned}
 
 
@@ -232,9 +256,9 @@ class PartitionState:
         if retired and current_task is not None:
             self._unindex_task(current_task)
         state = TaskState(user_id, task_id, version, event.occurred_at,
-                          None if retired else task)
+                          None if retired else task, base=self.watermark)
         if current_task is not None:
-            state.fired = current_task.fired
+            state.fired = current_task.handled(self.watermark)
             state.spawned_through = current_task.spawned_through
             if not retired:  # completing or deleting a series stops its spawns
                 state.completion_spawns = current_task.completion_spawns
@@ -279,7 +303,7 @@ class PartitionState:
         return None if now is None else now - self.spawn_catchup
 
     def _index_task(self, state: TaskState) -> None:
-        for fire_at in state.pending():
+        for fire_at in state.pending(self.watermark):
             self.index.add(state.key, fire_at)
         tz, policy = self._zone(state.user_id)
         # Early entries are harmless (checked when due); the horizon only ever moves later.
@@ -290,7 +314,7 @@ class PartitionState:
             self.index.add(state.key, fire.fire_at)
 
     def _unindex_task(self, state: TaskState) -> None:
-        for fire_at in state.pending():
+        for fire_at in state.pending(self.watermark):
             self.index.discard(state.key, fire_at)
         tz, policy = self._zone(state.user_id)
         spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
@@ -351,15 +375,13 @@ class PartitionState:
             effects.counts["tombstones"] += 1
 
     def _fire_reminders(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
+        # Nothing of the task changes: the watermark moving to ``tick_at`` is the record
+        # that these fired (``TaskState``), and it is written once for the whole tick.
         task = state.task
         assert task is not None
-        due = sorted(((at, fire) for at, fire in state.pending().items() if at <= tick_at),
-                     key=lambda item: item[0])
-        if due:
-            state.prune_fired(tick_at - timedelta(seconds=self.reminder_catchup_s))
+        due = sorted(((at, fire) for at, fire in state.pending(self.watermark).items()
+                      if at <= tick_at), key=lambda item: item[0])
         for fire_at, fire in due:
-            state.fired.add(fire_at)
-            effects.dirty.add(state.key)
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
             if verdict is Timeliness.MISSED:
                 effects.counts["missed"] += 1
