@@ -7,6 +7,7 @@ processed, so a replay of the same log produces the same ids.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from streams.timecore.localtime import (
 from streams.timecore.recurrence import Skip, next_after_completion, occurrences, parse_rrule
 
 _NAMESPACE = uuid.UUID("6f1c1b8e-3d0a-5c55-9a8e-6d1f4c1e2a77")
+_NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE.bytes, usedforsecurity=False)
 
 
 class Timeliness(StrEnum):
@@ -49,7 +51,18 @@ def timeliness(fire_at: datetime, tick_at: datetime, window_s: int | None) -> Ti
 
 def notification_id(kind: str, *parts: str) -> str:
     """A deterministic id: UUIDv5 of the kind and what fires."""
-    return str(uuid.uuid5(_NAMESPACE, "|".join((kind, *parts))))
+    return _uuid5("|".join((kind, *parts)))
+
+
+def _uuid5(name: str) -> str:
+    # str(uuid.uuid5(_NAMESPACE, name)) without the UUID object, a burst derives one per
+    # fire: SHA-1 of namespace and name, the first 16 bytes, version 5, RFC 4122 variant.
+    sha = _NAMESPACE_SHA1.copy()
+    sha.update(name.encode())
+    value = int.from_bytes(sha.digest()[:16])
+    value = (value & ~(0xF000 << 64) | (5 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def instant_key(value: datetime) -> str:

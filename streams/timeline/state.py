@@ -28,7 +28,6 @@ from zoneinfo import ZoneInfo
 from schemas import (
     DigestDaily,
     Occurrence,
-    ReminderDue,
     SpawnTemplate,
     Task,
     TaskDeleted,
@@ -36,7 +35,9 @@ from schemas import (
     TaskUpserted,
     UserSettings,
 )
+from streams.timecore.instants import format_instant, format_seconds
 from streams.timecore.localtime import RFC5545, DstPolicy, zone
+from streams.timeline.outputs import ReminderFired
 from streams.timeline.planning import (
     DigestFire,
     ReminderFire,
@@ -48,8 +49,8 @@ from streams.timeline.planning import (
     dst_policy_of,
     next_digest,
     next_spawn,
+    notification_id,
     reminder_fires,
-    reminder_id,
     spawn_id,
     timeliness,
 )
@@ -140,7 +141,7 @@ class UserState:
 class Effects:
     """What applying one record decided: outputs to emit, changelog keys touched, counts."""
 
-    outputs: list[ReminderDue | DigestDaily | TaskSpawn] = field(default_factory=list)
+    outputs: list[ReminderFired | DigestDaily | TaskSpawn] = field(default_factory=list)
     dirty: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -199,6 +200,23 @@ class DueIndex:
 
     def __len__(self) -> int:
         return self._count
+
+
+class _Texts:
+    """The instants of one tick as text, each formatted once: a burst fires many reminders
+    on few distinct instants."""
+
+    def __init__(self, tick_at: datetime) -> None:
+        self.tick_at = tick_at
+        self.tick_text = format_instant(tick_at)
+        self._texts: dict[datetime, tuple[str, str]] = {}
+
+    def of(self, at: datetime) -> tuple[str, str]:
+        """(wire form, id form: ``planning.instant_key``) of ``at``."""
+        texts = self._texts.get(at)
+        if texts is None:
+            texts = self._texts[at] = (format_instant(at), format_seconds(at))
+        return texts
 
 
 SPAWN_CATCHUP_S = 7 * 24 * 3600
@@ -341,6 +359,7 @@ class PartitionState:
             return effects
         self._expire(tick_at, effects)
         seen: set[str] = set()
+        texts = _Texts(tick_at)
         for key, _ in self.index.pop_due(tick_at):
             if key in seen:
                 continue
@@ -350,8 +369,9 @@ class PartitionState:
             else:
                 state = self.tasks.get(key)
                 if state is not None and state.task is not None:
-                    self._fire_reminders(state, tick_at, effects)
-                    self._fire_spawns(state, tick_at, effects)
+                    self._fire_reminders(state, texts, effects)
+                    if state.task.recurrence is not None or state.completion_spawns:
+                        self._fire_spawns(state, tick_at, effects)
         self.watermark = tick_at
         effects.dirty.add(WATERMARK_KEY)
         effects.counts["ticks"] += 1
@@ -374,11 +394,12 @@ class PartitionState:
             effects.dirty.add(key)
             effects.counts["tombstones"] += 1
 
-    def _fire_reminders(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
-        # Nothing of the task changes: the watermark moving to ``tick_at`` is the record
-        # that these fired (``TaskState``), and it is written once for the whole tick.
+    def _fire_reminders(self, state: TaskState, texts: _Texts, effects: Effects) -> None:
+        # Nothing of the task changes: the watermark moving to the tick is the record that
+        # these fired (``TaskState``), and it is written once for the whole tick.
         task = state.task
         assert task is not None
+        tick_at = texts.tick_at
         due = sorted(((at, fire) for at, fire in state.pending(self.watermark).items()
                       if at <= tick_at), key=lambda item: item[0])
         for fire_at, fire in due:
@@ -387,12 +408,14 @@ class PartitionState:
                 effects.counts["missed"] += 1
                 continue
             assert task.due_at is not None
-            effects.outputs.append(ReminderDue(
-                type="reminder.due",
-                notification_id=reminder_id(state.user_id, state.task_id, fire_at),
+            wire_at, key_at = texts.of(fire_at)
+            effects.outputs.append(ReminderFired(
+                notification_id=notification_id(
+                    "reminder.due", state.user_id, state.task_id, key_at),
                 user_id=state.user_id, task_id=state.task_id, task_version=task.version,
                 title=task.title, due_at=task.due_at, reminder=fire.reminder,
                 fire_at=fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
+                fire_text=wire_at, tick_text=texts.tick_text,
             ))
             effects.counts["notified"] += 1
 

@@ -2,12 +2,12 @@
 instant listed in ``fired``) restore into the same behaviour.
 
 ``tests/unit/data/changelog_1e4ecda.json`` was written by running ``prefix`` and
-``continuation`` below on commit 1e4ecda's ``streams`` (``python -m
-tests.unit.test_timeline_changelog_compat OUT`` with that tree first on ``sys.path``): the
-changelog left after the prefix, and every output and count of the continuation run on
-the state restored from it. The prefix leaves a late reminder applied but not yet ticked,
-fired instants edited away, a marker holding fired instants; the continuation ticks, brings
-an edited-away instant back and re-opens the marker.
+``continuation`` below on commit 1e4ecda's ``streams`` (this module as of commit d5d24a3,
+``python -m tests.unit.test_timeline_changelog_compat OUT`` with that tree first on
+``sys.path``): the changelog left after the prefix, and every output and count of the
+continuation run on the state restored from it. The prefix leaves a late reminder applied
+but not yet ticked, fired instants edited away, a marker holding fired instants; the
+continuation ticks, brings an edited-away instant back and re-opens the marker.
 """
 
 from __future__ import annotations
@@ -20,10 +20,16 @@ from typing import Any
 import orjson
 
 from schemas import TaskDeleted, TaskUpserted, UserSettings
+from streams import codec
 from streams.timeline.changelog import restore, snapshot
+from streams.timeline.outputs import ReminderFired
 from streams.timeline.state import PartitionState
 
 DATA = Path(__file__).parent / "data" / "changelog_1e4ecda.json"
+def _wire(out: Any) -> bytes:
+    return out.wire() if isinstance(out, ReminderFired) else codec.dumps(out)
+
+
 T0 = datetime(2026, 3, 9, 8, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
 
@@ -53,7 +59,7 @@ def _run(state: PartitionState, steps: list[Any]) -> tuple[list[Any], dict[str, 
     counts: dict[str, int] = {}
     for step in steps:
         effects = state.tick(step) if isinstance(step, datetime) else state.apply(step)
-        outputs += [o.model_dump(mode="json") for o in effects.outputs]
+        outputs += [orjson.loads(_wire(o)) for o in effects.outputs]
         for name, n in effects.counts.items():
             counts[name] = counts.get(name, 0) + n
     return outputs, counts

@@ -14,9 +14,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schemas import TaskDeleted, TaskUpserted
+from streams import codec
 from streams.timeline.changelog import restore, snapshot
+from streams.timeline.outputs import ReminderFired
 from streams.timeline.state import WATERMARK_KEY, PartitionState
 from tests.model import ReminderModel
+
+
+def _wire(out: Any) -> bytes:
+    return out.wire() if isinstance(out, ReminderFired) else codec.dumps(out)
+
 
 T0 = datetime(2026, 3, 9, 8, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
@@ -94,7 +101,7 @@ def test_reminders_equal_the_model_across_batches_and_restores(steps: list[Any])
             model.event(item)
             event = (TaskUpserted if item["type"] == "task.upserted" else TaskDeleted)
             effects = state.apply(event.model_validate(item))
-        emitted += [o.model_dump(mode="json") for o in effects.outputs]
+        emitted += [orjson.loads(_wire(o)) for o in effects.outputs]
         dirty |= effects.dirty
         if end_batch:
             changelog += [(k, snapshot(state, k)) for k in sorted(dirty)]
