@@ -237,10 +237,14 @@ class DueIndex:
                 continue
             later: dict[str, int | frozenset[int]] = {}
             for key, held in entries.items():
-                offsets = (held,) if isinstance(held, int) else held
-                kept = [offset for offset in offsets if offset > last_offset]
-                due.extend((start + offset, key) for offset in offsets
-                           if offset <= last_offset)
+                if isinstance(held, int):
+                    if held <= last_offset:
+                        due.append((start + held, key))
+                    else:
+                        later[key] = held
+                    continue
+                kept = [offset for offset in held if offset > last_offset]
+                due.extend((start + offset, key) for offset in held if offset <= last_offset)
                 if kept:
                     later[key] = kept[0] if len(kept) == 1 else frozenset(kept)
             if later:

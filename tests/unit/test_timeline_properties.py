@@ -17,7 +17,7 @@ from schemas import TaskDeleted, TaskUpserted
 from streams import codec
 from streams.timeline.changelog import restore, snapshot
 from streams.timeline.outputs import ReminderFired
-from streams.timeline.state import WATERMARK_KEY, PartitionState
+from streams.timeline.state import WATERMARK_KEY, DueIndex, PartitionState
 from tests.model import ReminderModel
 
 
@@ -112,3 +112,26 @@ def test_reminders_equal_the_model_across_batches_and_restores(steps: list[Any])
     by_id = {o["notification_id"]: orjson.loads(orjson.dumps(o)) for o in emitted}
     assert len(by_id) == len(emitted), "a reminder fired twice"
     assert by_id == model.expected
+
+
+index_op = st.tuples(st.sampled_from(["add", "add", "discard", "pop"]), st.sampled_from("pqr"),
+                     st.integers(0, 3 * 60 * 1000))  # milliseconds after T0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(index_op, max_size=60))
+def test_the_due_index_holds_what_a_plain_set_holds(ops: list[tuple[str, str, int]]) -> None:
+    index, plain = DueIndex(), set()
+    for op, key, ms in ops:
+        at = T0 + timedelta(milliseconds=ms)
+        if op == "add":
+            index.add(key, at)
+            plain.add((at, key))
+        elif op == "discard":
+            index.discard(key, at)
+            plain.discard((at, key))
+        else:
+            due = sorted(entry for entry in plain if entry[0] <= at)
+            assert list(index.pop_due(at)) == [k for _, k in due]
+            plain -= set(due)
+        assert len(index) == len(plain)
