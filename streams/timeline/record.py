@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 from schemas import AtReminder, BeforeReminder, Recurrence, Task
 from streams.timecore.instants import format_instant, parse_instant
@@ -23,6 +23,9 @@ from streams.timecore.instants import format_instant, parse_instant
 # Reminders "n minutes before" are a handful of values shared by most tasks: one model each.
 _BEFORE: dict[int, BeforeReminder] = {}
 _BEFORE_MAX = 4096
+# An "at" reminder is its own instant; it shares the set of its fields' names instead (a
+# set per model is 216 bytes). Frozen: pydantic only reads it (a model_copy copies it).
+_AT_FIELDS = cast(set[str], frozenset({"at"}))
 
 
 def _before(reminder: BeforeReminder) -> BeforeReminder:
@@ -34,11 +37,16 @@ def _before(reminder: BeforeReminder) -> BeforeReminder:
     return reminder
 
 
+def _at(at: datetime) -> AtReminder:
+    # Built from a validated model or from the changelog this code wrote: nothing to check.
+    return AtReminder.model_construct(_AT_FIELDS, at=at)
+
+
 Reminder = BeforeReminder | AtReminder
 
 
 def _shared(reminders: list[Reminder]) -> tuple[Reminder, ...]:
-    return tuple(_before(r) if type(r) is BeforeReminder else r for r in reminders)
+    return tuple(_before(r) if isinstance(r, BeforeReminder) else _at(r.at) for r in reminders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +98,7 @@ class TaskRecord:
                 reminders.append(_BEFORE.get(r["before_minutes"])
                                  or BeforeReminder(before_minutes=r["before_minutes"]))
             else:
-                reminders.append(AtReminder(at=parse_instant(r["at"])))
+                reminders.append(_at(parse_instant(r["at"])))
         completed, due, day = doc.get("completed_at"), doc.get("due_at"), doc.get("due_date")
         rule = doc.get("recurrence")
         return cls(
