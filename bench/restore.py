@@ -74,7 +74,7 @@ def memory_per_task(tasks: int) -> tuple[float, float, float, int]:
     gc.collect()
     live, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    pending = sum(len(t.pending()) for t in state.tasks.values())
+    pending = sum(len(t.pending(state.watermark)) for t in state.tasks.values())
     return live / tasks, rss_growth / tasks, took_s, pending
 
 

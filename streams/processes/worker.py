@@ -50,6 +50,7 @@ from streams.settings import Settings
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
 from streams.timeline.changelog import restore, snapshot
+from streams.timeline.outputs import ReminderFired
 from streams.timeline.state import Effects, PartitionState
 
 log = logging.getLogger("cronorch.worker")
@@ -170,11 +171,18 @@ class TimelineAgent:
                     self._reject(record, failure_reason(exc, "applying"), outputs, effects)
         topics = self.settings.topics
         fired = self.fired[partition] = []
+        kinds: Counter[str] = Counter()
         for out in effects.outputs:
-            topic = topics.task_commands if isinstance(out, TaskSpawn) else topics.notifications
-            outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
-            metrics.NOTIFICATIONS.labels(out.type).inc()
+            if isinstance(out, ReminderFired):  # built without pydantic (timeline.outputs)
+                outputs.append(Output(topics.notifications, out.user_id.encode(), out.wire()))
+            else:
+                topic = (topics.task_commands if isinstance(out, TaskSpawn)
+                         else topics.notifications)
+                outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
+            kinds[out.type] += 1
             fired.append((out.type, out.fire_at.timestamp()))
+        for kind, n in kinds.items():
+            metrics.NOTIFICATIONS.labels(kind).inc(n)
         metrics.PENDING_FIRES.labels(str(partition)).set(len(state.index))
         for key in sorted(effects.dirty):
             outputs.append(Output(topics.state_changelog, key.encode(), snapshot(state, key),

@@ -20,21 +20,20 @@ __all__ = ["format_instant", "format_seconds", "parse_instant"]
 
 def format_instant(at: datetime) -> str:
     """``at`` in UTC as RFC 3339 with ``Z``; fractional seconds only when non-zero."""
-    at = at.astimezone(UTC)
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    # isoformat (C) pads years to four digits, as strftime's %Y does not; its "+00:00" goes.
+    text = at.isoformat()[:-6]
     if at.microsecond:
-        return f"{_seconds(at)}.{at.microsecond:06d}".rstrip("0") + "Z"
-    return _seconds(at) + "Z"
+        return text.rstrip("0") + "Z"
+    return text + "Z"
 
 
 def format_seconds(at: datetime) -> str:
     """``at`` in UTC as RFC 3339 with ``Z``, truncated to the whole second."""
-    return _seconds(at.astimezone(UTC)) + "Z"
-
-
-def _seconds(at: datetime) -> str:
-    # Not strftime: glibc's %Y does not pad years below 1000 to four digits.
-    return (f"{at.year:04d}-{at.month:02d}-{at.day:02d}"
-            f"T{at.hour:02d}:{at.minute:02d}:{at.second:02d}")
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="seconds")[:-6] + "Z"
 
 
 def parse_instant(text: str) -> datetime:

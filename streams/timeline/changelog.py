@@ -6,20 +6,23 @@ is a tombstone (the key left the state). ``snapshot`` writes the value of one ke
 ``restore`` loads the latest value of each key in log order into a fresh
 ``PartitionState`` and has it rebuild what is derived. Values written by earlier versions
 still load: a completed task becomes a marker, a marker without ``retired_at`` expires
-from its event's ``occurred_at``. No IO and no clock here.
+from its event's ``occurred_at``, a task without ``base`` (its ``fired`` then lists every
+instant handled) takes the restored watermark as its base. No IO and no clock here.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
 import orjson
 
-from schemas import Task, UserSettings
+from schemas import UserSettings
 from streams.timecore.instants import format_instant, parse_instant
 from streams.timeline.planning import DigestFire, SpawnFire
+from streams.timeline.record import TaskRecord
 from streams.timeline.state import WATERMARK_KEY, PartitionState, TaskState, UserState
 
 __all__ = ["WATERMARK_KEY", "restore", "snapshot"]
@@ -41,6 +44,7 @@ def restore(state: PartitionState, entries: Iterable[tuple[str, bytes | None]]) 
     latest: dict[str, bytes | None] = {}
     for key, value in entries:
         latest[key] = value
+    without_base: list[TaskState] = []
     for key, value in latest.items():
         if value is None:
             continue
@@ -50,7 +54,13 @@ def restore(state: PartitionState, entries: Iterable[tuple[str, bytes | None]]) 
         elif key.startswith("u|"):
             state.users[key[2:]] = _user_state(data)
         elif key.startswith("t|"):
-            state.tasks[key] = _task_state(data)
+            task = state.tasks[key] = _task_state(key, data)
+            if "base" not in data:
+                without_base.append(task)
+    # A value written before ``base`` lists every instant handled so far in ``fired``:
+    # taking the watermark as its base keeps exactly that meaning.
+    for task in without_base:
+        task.base = state.watermark
     state.reindex()
 
 
@@ -74,22 +84,30 @@ def _task_value(task: TaskState) -> bytes:
     return orjson.dumps({
         "user_id": task.user_id, "task_id": task.task_id, "version": task.version,
         "occurred_at": format_instant(task.occurred_at),
-        "task": None if task.task is None else task.task.model_dump(mode="json"),
+        "task": None if task.task is None else task.task.doc(),
         "fired": sorted(format_instant(at) for at in task.fired),
         "spawned_through": _opt_instant(task.spawned_through),
-        "completion_spawns": [_spawn_doc(f) for f in task.completion_spawns.values()],
+        "completion_spawns": [_spawn_doc(f) for f in (task.completion_spawns or {}).values()],
         "retired_at": _opt_instant(task.retired_at),
+        "base": _opt_instant(task.base),
     })
 
 
-def _task_state(data: dict[str, Any]) -> TaskState:
+def _task_state(key: str, data: dict[str, Any]) -> TaskState:
+    user_id = sys.intern(data["user_id"])
+    task_id = data["task_id"]
+    doc = data["task"]
     task = TaskState(
-        data["user_id"], data["task_id"], data["version"], _instant(data["occurred_at"]),
-        None if data["task"] is None else Task.model_validate(data["task"]),
-        {_instant(at) for at in data["fired"]}, _read_opt_instant(data["spawned_through"]),
+        user_id, task_id, data["version"], _instant(data["occurred_at"]),
+        None if doc is None else TaskRecord.from_doc(doc, user_id=user_id, task_id=task_id),
+        frozenset(_instant(at) for at in data["fired"]) if data["fired"] else frozenset(),
+        _read_opt_instant(data["spawned_through"]),
+        base=_read_opt_instant(data.get("base")), key=key,
     )
-    for doc in data["completion_spawns"]:
-        fire = _spawn_fire(doc)
+    for spawn in data["completion_spawns"]:
+        fire = _spawn_fire(spawn)
+        if task.completion_spawns is None:
+            task.completion_spawns = {}
         task.completion_spawns[fire.occurrence_key] = fire
     if task.task is not None and task.task.status == "completed":
         task.task = None  # written before completed tasks became markers

@@ -7,14 +7,16 @@ processed, so a replay of the same log produces the same ids.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Protocol, cast
 from zoneinfo import ZoneInfo
 
-from schemas import AtReminder, BeforeReminder, DigestTask, Task, UserSettings
+from schemas import AtReminder, BeforeReminder, DigestTask, Recurrence, UserSettings
 from streams.timecore.instants import format_seconds
 from streams.timecore.localtime import (
     RFC5545,
@@ -29,6 +31,34 @@ from streams.timecore.localtime import (
 from streams.timecore.recurrence import Skip, next_after_completion, occurrences, parse_rrule
 
 _NAMESPACE = uuid.UUID("6f1c1b8e-3d0a-5c55-9a8e-6d1f4c1e2a77")
+_NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE.bytes, usedforsecurity=False)
+
+
+class TaskFields(Protocol):
+    """What planning reads of a task: ``schemas.Task`` or the state's ``TaskRecord``."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def completed_at(self) -> datetime | None: ...
+    @property
+    def due_at(self) -> datetime | None: ...
+    @property
+    def due_date(self) -> date | None: ...
+    @property
+    def reminders(self) -> Sequence[BeforeReminder | AtReminder]: ...
+    @property
+    def recurrence(self) -> Recurrence | None: ...
+    @property
+    def series_id(self) -> str | None: ...
 
 
 class Timeliness(StrEnum):
@@ -49,7 +79,18 @@ def timeliness(fire_at: datetime, tick_at: datetime, window_s: int | None) -> Ti
 
 def notification_id(kind: str, *parts: str) -> str:
     """A deterministic id: UUIDv5 of the kind and what fires."""
-    return str(uuid.uuid5(_NAMESPACE, "|".join((kind, *parts))))
+    return _uuid5("|".join((kind, *parts)))
+
+
+def _uuid5(name: str) -> str:
+    # str(uuid.uuid5(_NAMESPACE, name)) without the UUID object, a burst derives one per
+    # fire: SHA-1 of namespace and name, the first 16 bytes, version 5, RFC 4122 variant.
+    sha = _NAMESPACE_SHA1.copy()
+    sha.update(name.encode())
+    value = int.from_bytes(sha.digest()[:16])
+    value = (value & ~(0xF000 << 64) | (5 << 76)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def instant_key(value: datetime) -> str:
@@ -62,7 +103,7 @@ class ReminderFire:
     reminder: BeforeReminder | AtReminder
 
 
-def reminder_fires(task: Task, occurred_at: datetime) -> dict[datetime, ReminderFire]:
+def reminder_fires(task: TaskFields, occurred_at: datetime) -> dict[datetime, ReminderFire]:
     """The reminders an open timed task plans, by fire instant.
 
     A reminder whose instant is at or before the event's ``occurred_at`` is never planned.
@@ -73,10 +114,12 @@ def reminder_fires(task: Task, occurred_at: datetime) -> dict[datetime, Reminder
         return {}
     fires: dict[datetime, ReminderFire] = {}
     for reminder in task.reminders:
-        if isinstance(reminder, BeforeReminder):
+        # type(), not isinstance: pydantic's metaclass makes isinstance slow, and a burst
+        # plans one task per fire.
+        if type(reminder) is BeforeReminder:
             fire_at = task.due_at - timedelta(minutes=reminder.before_minutes)
         else:
-            fire_at = reminder.at
+            fire_at = cast(AtReminder, reminder).at
         if fire_at > occurred_at and fire_at not in fires:
             fires[fire_at] = ReminderFire(fire_at, reminder)
     return fires
@@ -130,7 +173,7 @@ def digest_id(user_id: str, fire: DigestFire) -> str:
                            instant_key(fire.fire_at))
 
 
-def due_instant(task: Task, tz: ZoneInfo) -> datetime | None:
+def due_instant(task: TaskFields, tz: ZoneInfo) -> datetime | None:
     """When a task is due: ``due_at``, or the start of its local ``due_date``."""
     if task.due_at is not None:
         return task.due_at
@@ -155,11 +198,11 @@ DIGEST_MAX_TASKS = 100
 DIGEST_MAX_BYTES = 256 * 1024
 
 
-def digest_content(tasks: Iterable[Task], local_date: date, tz: ZoneInfo) -> DigestContent:
+def digest_content(tasks: Iterable[TaskFields], local_date: date, tz: ZoneInfo) -> DigestContent:
     """The open tasks due on ``local_date`` (by due instant, task_id), capped, and how many
     are overdue. Series rows are templates (contract v1.1): never listed, never overdue."""
     start, end = local_day_bounds(local_date, tz)
-    today: list[tuple[datetime, str, Task]] = []
+    today: list[tuple[datetime, str, TaskFields]] = []
     overdue = 0
     for task in tasks:
         if task.status != "open" or task.recurrence is not None:
@@ -204,7 +247,7 @@ class SpawnFire:
         return self.due_date.isoformat() if self.due_date else instant_key(self.due_instant)
 
 
-def series_start(task: Task, tz: ZoneInfo) -> datetime | None:
+def series_start(task: TaskFields, tz: ZoneInfo) -> datetime | None:
     """DTSTART as naive local wall time in ``tz`` (midnight for an all-day series)."""
     if task.due_at is not None:
         return task.due_at.astimezone(tz).replace(tzinfo=None)
@@ -216,7 +259,8 @@ def series_start(task: Task, tz: ZoneInfo) -> datetime | None:
 _UTC_ZONE = ZoneInfo("UTC")
 
 
-def next_spawn(task: Task, tz: ZoneInfo, policy: DstPolicy, after: datetime) -> SpawnFire | None:
+def next_spawn(task: TaskFields, tz: ZoneInfo, policy: DstPolicy,
+               after: datetime) -> SpawnFire | None:
     """The first occurrence of series ``task`` due strictly after ``after``.
 
     A timed occurrence is due at its first resolved instant; an all-day one at the start of
@@ -246,7 +290,7 @@ def next_spawn(task: Task, tz: ZoneInfo, policy: DstPolicy, after: datetime) -> 
     return None
 
 
-def completion_spawn(series: Task, tz: ZoneInfo, policy: DstPolicy,
+def completion_spawn(series: TaskFields, tz: ZoneInfo, policy: DstPolicy,
                      completed_at: datetime) -> SpawnFire | None:
     """Anchor "completion": the instance after one completed at ``completed_at`` is due one
     rule interval after the completion's local date, at the series' time of day."""

@@ -1,8 +1,9 @@
 """Per-partition state of the timeline agent and its due index.
 
 A ``PartitionState`` holds the users and tasks of one timeline partition, the watermark
-(the last processed tick) and what has already fired (reminder instants per task, the last
-digest per user, how far each series has spawned). The due index is derived: it is rebuilt
+(the last processed tick) and what has already fired (reminder instants per task, implied
+by the watermark and the version's ``base`` (``TaskState``); the last digest per user; how
+far each series has spawned). The due index is derived: it is rebuilt
 from that state when a partition is restored, never persisted. Applying an event or a tick
 mutates the state and returns ``Effects``: the records to emit, the changelog keys that
 changed and the counts for the run summary. The bytes of each changelog key and recovery
@@ -11,22 +12,23 @@ from them are ``changelog``'s. No IO and no clock here.
 State stays bounded (docs/contracts.md, "State retention"): a deleted or completed task
 shrinks to a version marker that rejects stale upserts for ``retention_s`` of log time (the
 watermark), then leaves the state and the changelog (a tombstone); fired reminder instants
-older than the reminder catch-up window are dropped, since a tick can no longer emit them.
+older than the reminder catch-up window are dropped when a version is applied, since a tick
+can no longer emit them.
 """
 
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from schemas import (
     DigestDaily,
     Occurrence,
-    ReminderDue,
     SpawnTemplate,
     Task,
     TaskDeleted,
@@ -34,7 +36,9 @@ from schemas import (
     TaskUpserted,
     UserSettings,
 )
+from streams.timecore.instants import format_instant, format_seconds
 from streams.timecore.localtime import RFC5545, DstPolicy, zone
+from streams.timeline.outputs import ReminderFired
 from streams.timeline.planning import (
     DigestFire,
     ReminderFire,
@@ -46,38 +50,74 @@ from streams.timeline.planning import (
     dst_policy_of,
     next_digest,
     next_spawn,
+    notification_id,
     reminder_fires,
-    reminder_id,
     spawn_id,
     timeliness,
 )
+from streams.timeline.record import TaskRecord
 
 BUCKET_S = 60
 WATERMARK_KEY = "w"
 _UTC = ZoneInfo("UTC")
+_NOTHING: frozenset[datetime] = frozenset()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_BUCKET_US = BUCKET_S * 1_000_000
 
 
-@dataclass
+def _micros(at: datetime) -> int:
+    """``at`` as whole microseconds since the epoch: exact, unlike ``timestamp()``."""
+    return (at - _EPOCH) // _MICROSECOND
+
+
+@dataclass(slots=True)
 class TaskState:
+    """One task's version and what of it has fired, relative to the watermark.
+
+    What has fired is implied by the watermark rather than recorded per fire, so a tick
+    writes no task to the changelog: ``base`` is the watermark when this version was
+    applied, ``fired`` only the instants at or before ``base`` already handled (carried
+    over from earlier versions). A planned instant X has been handled at watermark W iff
+    X ≤ W and (X > base, or X in ``fired``, or W > base: the first tick after ``base``
+    handles every planned instant up to it, late or missed).
+    """
+
     user_id: str
     task_id: str
     version: int
     occurred_at: datetime
-    task: Task | None  # None once deleted or completed: a marker rejecting stale upserts
-    fired: set[datetime] = field(default_factory=set)
+    task: TaskRecord | None  # None once deleted or completed: a marker rejecting stale upserts
+    fired: frozenset[datetime] = _NOTHING
     spawned_through: datetime | None = None  # due instant of the last occurrence spawned
-    completion_spawns: dict[str, SpawnFire] = field(default_factory=dict)
+    # Pending completion spawns by occurrence key; None, not an empty dict, when there are
+    # none (a million tasks hold none).
+    completion_spawns: dict[str, SpawnFire] | None = None
     retired_at: datetime | None = None  # log time the marker was written; expires from it
+    base: datetime | None = None  # the watermark when this version was applied
+    key: str = ""  # t|<user>|<task>: pass the state's own string, so it is held once
 
-    @property
-    def key(self) -> str:
-        return f"t|{self.user_id}|{self.task_id}"
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = f"t|{self.user_id}|{self.task_id}"
 
-    def pending(self) -> dict[datetime, ReminderFire]:
-        if self.task is None:
-            return {}
-        planned = reminder_fires(self.task, self.occurred_at)
-        return {at: fire for at, fire in planned.items() if at not in self.fired}
+    def planned(self) -> dict[datetime, ReminderFire]:
+        return {} if self.task is None else reminder_fires(self.task, self.occurred_at)
+
+    def pending(self, watermark: datetime | None) -> dict[datetime, ReminderFire]:
+        """The planned reminders not yet handled at ``watermark``."""
+        planned = self.planned()
+        if watermark is None or watermark == self.base:
+            return {at: fire for at, fire in planned.items() if at not in self.fired}
+        return {at: fire for at, fire in planned.items() if at > watermark}
+
+    def handled(self, watermark: datetime | None) -> frozenset[datetime]:
+        """Every instant handled at ``watermark``, this version's and earlier ones' (what a
+        next version applied at ``watermark`` carries over as its ``fired``)."""
+        if watermark is None or watermark == self.base:
+            return self.fired
+        past = [at for at in self.planned() if at <= watermark]
+        return self.fired.union(past) if past else self.fired
 
     def next_spawn(self, tz: ZoneInfo, policy: DstPolicy,
                    horizon: datetime | None) -> SpawnFire | None:
@@ -102,8 +142,8 @@ class TaskState:
         plus the catch-up window, across any number of versions.
         """
         if any(at < before for at in self.fired):
-            planned = {} if self.task is None else reminder_fires(self.task, self.occurred_at)
-            self.fired = {at for at in self.fired if at >= before or at in planned}
+            planned = self.planned()
+            self.fired = frozenset(at for at in self.fired if at >= before or at in planned)
 
 
 @dataclass
@@ -116,7 +156,7 @@ class UserState:
 class Effects:
     """What applying one record decided: outputs to emit, changelog keys touched, counts."""
 
-    outputs: list[ReminderDue | DigestDaily | TaskSpawn] = field(default_factory=list)
+    outputs: list[ReminderFired | DigestDaily | TaskSpawn] = field(default_factory=list)
     dirty: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -129,52 +169,112 @@ class Effects:
 class DueIndex:
     """Pending fires bucketed by minute; a tick costs O(fires due), not O(tasks).
 
+    A bucket maps each key to its fire instants in that minute as microseconds past the
+    minute (one int, or a frozenset of them when a key has several): no tuple or datetime
+    per entry, and the common whole-minute offset 0 is Python's shared small int.
     Entries are invalidated lazily: a re-plan adds new entries and leaves old ones, which
     are checked against the task's current plan when their bucket comes due. A task that is
     deleted or completed discards its current entries, so its memory goes with its marker.
     """
 
     def __init__(self) -> None:
-        self._buckets: dict[int, set[tuple[str, datetime]]] = {}
+        self._buckets: dict[int, dict[str, int | frozenset[int]]] = {}
         self._heap: list[int] = []
         self._count = 0  # entries held (re-planned ones included until their bucket is due)
 
     def add(self, key: str, fire_at: datetime) -> None:
-        bucket = int(fire_at.timestamp()) // BUCKET_S
+        bucket, offset = divmod(_micros(fire_at), _BUCKET_US)
         entries = self._buckets.get(bucket)
         if entries is None:
-            entries = self._buckets[bucket] = set()
+            entries = self._buckets[bucket] = {}
             heapq.heappush(self._heap, bucket)
-        if (key, fire_at) not in entries:
-            entries.add((key, fire_at))
-            self._count += 1
+        held = entries.get(key)
+        if held is None:
+            entries[key] = offset
+        elif isinstance(held, int):
+            if held == offset:
+                return
+            entries[key] = frozenset((held, offset))
+        elif offset in held:
+            return
+        else:
+            entries[key] = held | {offset}
+        self._count += 1
 
     def discard(self, key: str, fire_at: datetime) -> None:
         # An emptied bucket stays until its minute comes: the heap holds its number.
-        entries = self._buckets.get(int(fire_at.timestamp()) // BUCKET_S)
-        if entries is not None and (key, fire_at) in entries:
-            entries.discard((key, fire_at))
-            self._count -= 1
+        bucket, offset = divmod(_micros(fire_at), _BUCKET_US)
+        entries = self._buckets.get(bucket)
+        held = None if entries is None else entries.get(key)
+        if entries is None or held is None:
+            return
+        if isinstance(held, int):
+            if held != offset:
+                return
+            del entries[key]
+        elif offset not in held:
+            return
+        else:
+            rest = held - {offset}
+            entries[key] = next(iter(rest)) if len(rest) == 1 else rest
+        self._count -= 1
 
-    def pop_due(self, tick_at: datetime) -> Iterator[tuple[str, datetime]]:
-        """Remove and yield entries with ``fire_at <= tick_at``, in (fire_at, key) order."""
-        last = int(tick_at.timestamp()) // BUCKET_S
-        due: list[tuple[datetime, str]] = []
+    def pop_due(self, tick_at: datetime) -> Iterator[str]:
+        """Remove the entries with ``fire_at <= tick_at``; yield their keys in (fire_at, key)
+        order (a key once per entry)."""
+        last, last_offset = divmod(_micros(tick_at), _BUCKET_US)
+        due: list[tuple[int, str]] = []
         while self._heap and self._heap[0] <= last:
             bucket = heapq.heappop(self._heap)
             entries = self._buckets.pop(bucket)
-            later = {(k, at) for k, at in entries if at > tick_at}
-            due.extend((at, k) for k, at in entries if at <= tick_at)
+            start = bucket * _BUCKET_US
+            if bucket < last:
+                for key, held in entries.items():
+                    if isinstance(held, int):
+                        due.append((start + held, key))
+                    else:
+                        due.extend((start + offset, key) for offset in held)
+                continue
+            later: dict[str, int | frozenset[int]] = {}
+            for key, held in entries.items():
+                if isinstance(held, int):
+                    if held <= last_offset:
+                        due.append((start + held, key))
+                    else:
+                        later[key] = held
+                    continue
+                kept = [offset for offset in held if offset > last_offset]
+                due.extend((start + offset, key) for offset in held if offset <= last_offset)
+                if kept:
+                    later[key] = kept[0] if len(kept) == 1 else frozenset(kept)
             if later:
                 self._buckets[bucket] = later
                 heapq.heappush(self._heap, bucket)
-                break
+            break
         self._count -= len(due)
-        for at, key in sorted(due):
-            yield key, at
+        due.sort()
+        for _, key in due:
+            yield key
 
     def __len__(self) -> int:
         return self._count
+
+
+class _Texts:
+    """The instants of one tick as text, each formatted once: a burst fires many reminders
+    on few distinct instants."""
+
+    def __init__(self, tick_at: datetime) -> None:
+        self.tick_at = tick_at
+        self.tick_text = format_instant(tick_at)
+        self._texts: dict[datetime, tuple[str, str]] = {}
+
+    def of(self, at: datetime) -> tuple[str, str]:
+        """(wire form, id form: ``planning.instant_key``) of ``at``."""
+        texts = self._texts.get(at)
+        if texts is None:
+            texts = self._texts[at] = (format_instant(at), format_seconds(at))
+        return texts
 
 
 SPAWN_CATCHUP_S = 7 * 24 * 3600
@@ -228,13 +328,21 @@ class PartitionState:
         if current_task is not None and version <= current_task.version:
             effects.counts["stale"] += 1
             return effects
+        # One copy of each string per task (and of each user id per partition) however
+        # many versions and index entries refer to it.
+        if current_task is not None:
+            key, user_id, task_id = current_task.key, current_task.user_id, current_task.task_id
+        else:
+            user_id = sys.intern(user_id)
         retired = task is None or task.status == "completed"
         if retired and current_task is not None:
             self._unindex_task(current_task)
-        state = TaskState(user_id, task_id, version, event.occurred_at,
-                          None if retired else task)
+        record = None if retired or task is None else TaskRecord.of(task, user_id=user_id,
+                                                                     task_id=task_id)
+        state = TaskState(user_id, task_id, version, event.occurred_at, record,
+                          base=self.watermark, key=key)
         if current_task is not None:
-            state.fired = current_task.fired
+            state.fired = current_task.handled(self.watermark)
             state.spawned_through = current_task.spawned_through
             if not retired:  # completing or deleting a series stops its spawns
                 state.completion_spawns = current_task.completion_spawns
@@ -267,6 +375,8 @@ class PartitionState:
         if fire is None or (series.spawned_through is not None
                             and fire.due_instant <= series.spawned_through):
             return
+        if series.completion_spawns is None:
+            series.completion_spawns = {}
         series.completion_spawns[fire.occurrence_key] = fire
         self.index.add(series.key, fire.fire_at)
         effects.dirty.add(series.key)
@@ -279,24 +389,24 @@ class PartitionState:
         return None if now is None else now - self.spawn_catchup
 
     def _index_task(self, state: TaskState) -> None:
-        for fire_at in state.pending():
+        for fire_at in state.pending(self.watermark):
             self.index.add(state.key, fire_at)
         tz, policy = self._zone(state.user_id)
         # Early entries are harmless (checked when due); the horizon only ever moves later.
         spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
         if spawn is not None:
             self.index.add(state.key, spawn.fire_at)
-        for fire in state.completion_spawns.values():
+        for fire in (state.completion_spawns or {}).values():
             self.index.add(state.key, fire.fire_at)
 
     def _unindex_task(self, state: TaskState) -> None:
-        for fire_at in state.pending():
+        for fire_at in state.pending(self.watermark):
             self.index.discard(state.key, fire_at)
         tz, policy = self._zone(state.user_id)
         spawn = state.next_spawn(tz, policy, self._spawn_horizon(self.watermark))
         if spawn is not None:
             self.index.discard(state.key, spawn.fire_at)
-        for fire in state.completion_spawns.values():
+        for fire in (state.completion_spawns or {}).values():
             self.index.discard(state.key, fire.fire_at)
 
     def _index_user(self, user_id: str, *, with_tasks: bool) -> None:
@@ -317,7 +427,8 @@ class PartitionState:
             return effects
         self._expire(tick_at, effects)
         seen: set[str] = set()
-        for key, _ in self.index.pop_due(tick_at):
+        texts = _Texts(tick_at)
+        for key in self.index.pop_due(tick_at):
             if key in seen:
                 continue
             seen.add(key)
@@ -326,8 +437,9 @@ class PartitionState:
             else:
                 state = self.tasks.get(key)
                 if state is not None and state.task is not None:
-                    self._fire_reminders(state, tick_at, effects)
-                    self._fire_spawns(state, tick_at, effects)
+                    self._fire_reminders(state, texts, effects)
+                    if state.task.recurrence is not None or state.completion_spawns:
+                        self._fire_spawns(state, tick_at, effects)
         self.watermark = tick_at
         effects.dirty.add(WATERMARK_KEY)
         effects.counts["ticks"] += 1
@@ -350,27 +462,28 @@ class PartitionState:
             effects.dirty.add(key)
             effects.counts["tombstones"] += 1
 
-    def _fire_reminders(self, state: TaskState, tick_at: datetime, effects: Effects) -> None:
+    def _fire_reminders(self, state: TaskState, texts: _Texts, effects: Effects) -> None:
+        # Nothing of the task changes: the watermark moving to the tick is the record that
+        # these fired (``TaskState``), and it is written once for the whole tick.
         task = state.task
         assert task is not None
-        due = sorted(((at, fire) for at, fire in state.pending().items() if at <= tick_at),
-                     key=lambda item: item[0])
-        if due:
-            state.prune_fired(tick_at - timedelta(seconds=self.reminder_catchup_s))
+        tick_at = texts.tick_at
+        due = sorted(((at, fire) for at, fire in state.pending(self.watermark).items()
+                      if at <= tick_at), key=lambda item: item[0])
         for fire_at, fire in due:
-            state.fired.add(fire_at)
-            effects.dirty.add(state.key)
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
             if verdict is Timeliness.MISSED:
                 effects.counts["missed"] += 1
                 continue
             assert task.due_at is not None
-            effects.outputs.append(ReminderDue(
-                type="reminder.due",
-                notification_id=reminder_id(state.user_id, state.task_id, fire_at),
+            wire_at, key_at = texts.of(fire_at)
+            effects.outputs.append(ReminderFired(
+                notification_id=notification_id(
+                    "reminder.due", state.user_id, state.task_id, key_at),
                 user_id=state.user_id, task_id=state.task_id, task_version=task.version,
                 title=task.title, due_at=task.due_at, reminder=fire.reminder,
                 fire_at=fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
+                fire_text=wire_at, tick_text=texts.tick_text,
             ))
             effects.counts["notified"] += 1
 
@@ -378,10 +491,12 @@ class PartitionState:
         task = state.task
         assert task is not None
         tz, policy = self._zone(state.user_id)
-        due: list[SpawnFire] = [f for f in state.completion_spawns.values()
-                                if f.fire_at <= tick_at]
+        pending = state.completion_spawns or {}
+        due: list[SpawnFire] = [f for f in pending.values() if f.fire_at <= tick_at]
         for fire in due:
-            del state.completion_spawns[fire.occurrence_key]
+            del pending[fire.occurrence_key]
+        if not pending:
+            state.completion_spawns = None
         # Catch-up is bounded: occurrences due before the horizon are never enumerated, and
         # one that starts its day more than spawn_catchup_s before the tick is missed.
         horizon = self._spawn_horizon(tick_at)

@@ -42,3 +42,19 @@ def test_bad_text_is_a_clear_invalid_input(text: str, reason: str) -> None:
                     timezones=st.just(UTC)))
 def test_round_trip(at: datetime) -> None:
     assert parse_instant(format_instant(at)) == at
+
+
+def _formatted_by_fields(at: datetime) -> str:
+    """The format written out field by field (the implementation before isoformat)."""
+    at = at.astimezone(UTC)
+    text = (f"{at.year:04d}-{at.month:02d}-{at.day:02d}"
+            f"T{at.hour:02d}:{at.minute:02d}:{at.second:02d}")
+    return (f"{text}.{at.microsecond:06d}".rstrip("0") if at.microsecond else text) + "Z"
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8))])))
+def test_the_wire_form_is_the_field_by_field_form(at: datetime) -> None:
+    assert format_instant(at) == _formatted_by_fields(at)
+    assert format_seconds(at) == _formatted_by_fields(at.replace(microsecond=0))

@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
-from schemas import DigestDaily, ReminderDue, TaskDeleted, TaskSpawn, TaskUpserted, UserSettings
+from schemas import DigestDaily, TaskDeleted, TaskSpawn, TaskUpserted, UserSettings
 from streams.timeline.changelog import restore, snapshot
+from streams.timeline.outputs import ReminderFired
 from streams.timeline.state import PartitionState
 
 T0 = datetime(2026, 3, 9, tzinfo=UTC)  # a Monday; the user is in UTC
@@ -58,7 +59,7 @@ def test_a_series_row_is_a_template_never_listed_overdue_or_reminded() -> None:
     state.apply(_upsert("plain", T0))
     state.apply(_upsert("instance", T0, series_id="series", reminders=[{"before_minutes": 30}]))
     out = _ticks(state, T0 + MINUTE, T0 + timedelta(days=1, hours=9))
-    reminders = [o for o in out if isinstance(o, ReminderDue)]
+    reminders = [o for o in out if isinstance(o, ReminderFired)]
     digests = [o for o in out if isinstance(o, DigestDaily)]
     assert [r.task_id for r in reminders] == ["instance"]
     assert [[t.task_id for t in d.tasks] for d in digests] == [["instance", "plain"]]
