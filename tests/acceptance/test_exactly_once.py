@@ -114,10 +114,12 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
                 return (await _sink_end(settings, sink) > before + 20 * fanout
                         or await consumed() >= records)
 
-            await eventually(busy, 90, f"{engine} making progress")
-            await asyncio.sleep(rng.uniform(0, 0.5))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            try:
+                await eventually(busy, 90, f"{engine} making progress")
+                await asyncio.sleep(rng.uniform(0, 0.5))
+            finally:  # also when it timed out: no process outlives its test
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
             if await consumed() >= records:
                 break
             landed += 1
@@ -135,6 +137,7 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()  # reaped, or the next test fails on its ResourceWarning
         counts = await _sink(settings, sink)
         for table in tables:
             changelog = await _sink(settings, f"{app_id}-{table}-changelog")
