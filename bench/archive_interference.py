@@ -5,15 +5,18 @@ Owns the suite's ``archive`` scenario and its child process. Against the local s
 
 1. seed N completed tasks in PostgreSQL with ``generate_series`` (completed 3001+ days ago,
    so a job with ``older_than_days: 3000`` archives these and nothing else in the database);
-2. time one archive of them alone (rows/s with nothing else running), undo it; that time
-   sizes the lateness window unless ``--archive-window-s`` does, so the archive, slower
-   under load than alone, is still running when the window ends;
-3. one worker and the live tick producer (1 s ticks), measured as the suite's lateness
-   scenario measures: reminders due at ``--rate``/s for the window, read ``read_committed``
+2. time one archive of them alone (rows/s with no reminder load); the lateness
+   window is ``--duration-s`` or that time if shorter, so the archive, slower under load
+   than alone, is still running when the window ends (``--archive-window-s`` sets the
+   window instead and skips this step);
+3. per window a fresh worker and the live tick producer (1 s ticks) on topics of their own,
+   measured as the suite's lateness scenario measures: reminders due at ``--rate``/s for
+   the window, read ``read_committed``
    as they become readable, p50/p99/max of arrival - ``fire_at`` and p50/p99 of arrival -
    ``tick_at``; once without maintenance and once with an archive started at the window's
    first fire (``jobrunner.run_manual`` in a child process, as ``cronorch jobs run`` and the
-   job runner run it: a process and a pool of their own), ``jobrunner.undo`` after it. With
+   job runner run it: a process and a pool of their own); ``jobrunner.undo`` puts the
+   rows back before each archive after the first (the last is simply deleted at the end). With
    ``--archive-repeats`` > 1 the pairs alternate (without/with, with/without, …) so a drift
    of the shared machine's load falls on both sides.
 
@@ -40,7 +43,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,11 +76,10 @@ if TYPE_CHECKING:  # the suite imports this module; the reverse is for types onl
 
 ROLES = ("rekeyer", "timeline")
 OLDER_THAN_DAYS = 3000  # seeded rows are older; rows of tests and demos are not
-IDS_PER_WINDOW = 10_000_000  # task ids of window k start at k * this: never a re-upsert
 SMOKE_ROWS = 2000
 
 FIGURES = (
-    "archive.rows", "archive.alone.per_s", "archive.archived_per_s",
+    "archive.rows", "archive.archived_per_s",
     "archive.without.p99_s", "archive.with.p99_s", "archive.ratio", "archive.overlap",
 )
 
@@ -91,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--archive-pause-s", type=float, default=0.0,
                         help="archive: the job's batch_pause_s (default 0, the registry's)")
     parser.add_argument("--archive-window-s", type=float, default=0.0,
-                        help="archive: seconds of reminder load per window (default 0: the "
-                             "archive's time alone, at least --duration-s / 4)")
+                        help="archive: seconds of reminder load per window (default 0: "
+                             "--duration-s, or the archive's time alone if shorter; a value "
+                             "skips the run alone)")
     parser.add_argument("--archive-repeats", type=int, default=1,
                         help="archive: pairs of windows, without and with (default 1)")
     parser.add_argument("--ingest-per-s", type=float, default=2000.0,
@@ -309,15 +311,6 @@ class Gauges:
 
 # --- one window of reminder load ---------------------------------------------------------------
 
-def steady_events(base: int, rate_per_s: int, duration_s: float, first_fire_at: datetime,
-                  occurred_at: datetime) -> Iterator[dict[str, Any]]:
-    """``workload.steady_events`` with task ids from ``base`` (each window its own tasks)."""
-    step_us = 1_000_000 / rate_per_s
-    return (workload.task_event(
-        base + i, first_fire_at + timedelta(microseconds=round(i * step_us / 1000) * 1000),
-        occurred_at) for i in range(int(rate_per_s * duration_s)))
-
-
 @dataclass
 class Arrival:
     arrived: float
@@ -361,80 +354,69 @@ def lateness(arrivals: list[Arrival]) -> dict[str, Any]:
             "after_tick_p99_s": _q(processing, 0.99)}
 
 
-class Load:
-    """One worker and the live tick producer, kept for every window of the scenario."""
-
-    def __init__(self, run: Run, settings: Settings, rate: int, window_s: float,
-                 ingest_per_s: float) -> None:
-        self.run, self.settings = run, settings
-        self.rate, self.window_s, self.ingest_per_s = rate, window_s, ingest_per_s
-        self.windows = 0
-        self.log = WorkerLog(run.log("archive-worker"))
-        self.worker = run.start(settings, "worker", log="archive-worker")
-        self.ticker = run.start(settings, "tick", log="archive-tick")
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            isolation_level="read_committed", fetch_max_wait_ms=20, enable_auto_commit=False)
-        self.offsets = Offsets(settings)
-
-    async def start(self) -> None:
-        await poll_until(_check(lambda: stable([self.log], ROLES,
-                                               self.settings.timeline_partitions)),
-                         60, "the archive scenario's worker assignment")
-        await self.consumer.start()
-        tps = [TopicPartition(self.settings.topics.notifications, p)
-               for p in range(self.settings.timeline_partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-        await self.offsets.start()
-
-    async def close(self) -> None:
-        await self.consumer.stop()
-        await self.offsets.close()
-        stop(self.ticker)
-        stop(self.worker)
-
-    async def window(self, archive: Archive | None) -> dict[str, Any]:
-        """Reminders at ``rate``/s for ``window_s``; ``archive`` is released at the first."""
-        fires = int(self.rate * self.window_s)
-        lead_s = 5 + 2 * fires / max(self.ingest_per_s, 500)  # as the suite's lateness
+async def window(run: Run, name: str, rate: int, window_s: float, ingest_per_s: float,
+                 archive: Archive | None) -> dict[str, Any]:
+    """The suite's lateness scenario once: a fresh worker and the live tick producer on
+    topics of their own, reminders at ``rate``/s for ``window_s``; ``archive`` (already
+    started, waiting) is released at the first fire."""
+    settings = run.settings(name, tick_interval_s=1)
+    await kafka.ensure_topics(settings)
+    log = WorkerLog(run.log(f"{name}-worker"))
+    worker = run.start(settings, "worker", log=f"{name}-worker")
+    ticker = run.start(settings, "tick", log=f"{name}-tick")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                isolation_level="read_committed", fetch_max_wait_ms=20,
+                                enable_auto_commit=False)
+    offsets = Offsets(settings)
+    try:
+        await poll_until(_check(lambda: stable([log], ROLES, settings.timeline_partitions)),
+                         60, f"the {name} worker's assignment")
+        fires = int(rate * window_s)
+        lead_s = 5 + 2 * fires / max(ingest_per_s, 500)  # as the suite's lateness
         now = datetime.now(UTC)
         first = now + timedelta(seconds=lead_s)
-        self.run.say(f"archive: window {self.windows + 1}, {fires} fires at {self.rate}/s "
-                     f"from {first:%H:%M:%S}" + (", archive at the first" if archive else ""))
-        await publish(self.settings, steady_events(self.windows * IDS_PER_WINDOW, self.rate,
-                                                   self.window_s, first, now))
-        self.windows += 1
-        planned_at = await self._planned(fires * self.windows, lead_s + 60)
+        run.say(f"archive: {name}, {fires} fires at {rate}/s from {first:%H:%M:%S}"
+                + (", the archive released at the first" if archive else ""))
+        await publish(settings, workload.steady_events(rate, window_s, first, now))
+        await consumer.start()
+        tps = [TopicPartition(settings.topics.notifications, p)
+               for p in range(settings.timeline_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        await offsets.start()
+        planned_at = await _planned(settings, offsets, fires, lead_s + 60)
         if archive is not None:
             await archive.ready()
-        gauges = Gauges({"worker": pid_of(self.worker), "tick": pid_of(self.ticker)},
-                        self.run.stack, archive)
-        # The window opens at its first fire: waiting for an instant is the point here.
+        gauges = Gauges({"worker": pid_of(worker), "tick": pid_of(ticker)}, run.stack, archive)
+        # The window opens at its first fire: waiting for that instant is the point here.
         await asyncio.sleep(max(0.0, first.timestamp() - time.time()))
         start = gauges.read()
         if archive is not None:
             archive.go()
-        arrivals = await _read(self.consumer, fires, lead_s + self.window_s + 120)
+        arrivals = await _read(consumer, fires, lead_s + window_s + 120)
         end = gauges.read()
-        out = {**lateness(arrivals), "headroom_s": round(first.timestamp() - planned_at, 1),
-               "window": [round(first.timestamp(), 3), round(first.timestamp()
-                                                              + self.window_s, 3)],
-               "machine": end.since(start), "load_average": load_average()}
-        out["arrivals"] = arrivals
-        return out
+    finally:
+        await consumer.stop()
+        await offsets.close()
+        stop(ticker)
+        stop(worker)
+    return {**lateness(arrivals), "headroom_s": round(first.timestamp() - planned_at, 1),
+            "window": [round(first.timestamp(), 3), round(first.timestamp() + window_s, 3)],
+            "machine": end.since(start), "load_average": load_average(),
+            "arrivals": arrivals}
 
-    async def _planned(self, total: int, timeout_s: float) -> float:
-        """When the worker has re-keyed every event so far and planned them."""
-        t = self.settings.topics
 
-        async def done() -> bool:
-            if sum(await self.offsets.committed("rekeyer", t.task_events)) < total:
-                return False
-            return caught_up(await self.offsets.end(t.timeline),
-                             await self.offsets.committed("timeline", t.timeline), True)
+async def _planned(settings: Settings, offsets: Offsets, n: int, timeout_s: float) -> float:
+    """When the worker has re-keyed the n events and planned them (as the suite's)."""
+    t = settings.topics
 
-        return await poll_until(done, timeout_s, "the archive scenario's events to be planned")
+    async def done() -> bool:
+        if sum(await offsets.committed("rekeyer", t.task_events)) < n:
+            return False
+        return caught_up(await offsets.end(t.timeline),
+                         await offsets.committed("timeline", t.timeline), True)
+
+    return await poll_until(done, timeout_s, "the archive scenario's events to be planned")
 
 
 def _check(condition: Any) -> Any:
@@ -471,42 +453,46 @@ async def measure(run: Run, args: argparse.Namespace, ingest_per_s: float) -> di
         await seed(url, prefix, rows, datetime.now(UTC))
         result["seed_s"] = round(time.monotonic() - seeded, 1)
 
-        alone = archive()
-        await alone.ready()
-        alone.go()
-        done = await alone.result(3700)
-        seconds = max(_epoch(done["run"]["finished_at"]) - _epoch(done["run"]["started_at"]),
-                      1e-3)
-        result["alone"] = {"seconds": round(seconds, 2), "per_s": round(rows / seconds),
-                           "cpu_s": round(done["cpu_s"], 2)}
-        run.say(f"archive: alone {rows / seconds:,.0f} rows/s ({seconds:.1f} s)")
-        result["undo_s"] = [round(await undo(settings, job, done["run"]["run_id"], rows), 1)]
-
-        window_s = args.archive_window_s or max(args.duration_s / 4, round(seconds))
+        result["undo_s"] = []
+        archived: str | None = None  # the run whose rows are in the archive now
+        window_s = args.archive_window_s
+        if not window_s:  # a window given skips this (and its undo, the slowest step)
+            alone = archive()
+            await alone.ready()
+            alone.go()
+            done = await alone.result(3700)
+            seconds = max(_epoch(done["run"]["finished_at"])
+                          - _epoch(done["run"]["started_at"]), 1e-3)
+            result["alone"] = {"seconds": round(seconds, 2), "per_s": round(rows / seconds),
+                               "cpu_s": round(done["cpu_s"], 2)}
+            run.say(f"archive: alone {rows / seconds:,.0f} rows/s ({seconds:.1f} s)")
+            archived = done["run"]["run_id"]
+            # No longer than the archive alone: slower under load, it then spans the window.
+            window_s = max(1.0, min(args.duration_s, round(seconds)))
         result["window_s"] = window_s
-        result["window_sized_by"] = ("--archive-window-s" if args.archive_window_s
-                                     else "the archive's time alone")
-        load = Load(run, settings, args.rate, window_s, ingest_per_s)
+        result["window_sized_by"] = (
+            "--archive-window-s" if args.archive_window_s
+            else "--duration-s" if window_s == args.duration_s else "the archive's time alone")
         windows: list[dict[str, Any]] = []
-        try:
-            await load.start()
-            for pair in range(args.archive_repeats):
-                for with_archive in ((False, True) if pair % 2 == 0 else (True, False)):
-                    if not with_archive:
-                        windows.append({"mode": "without", **await load.window(None)})
-                        continue
-                    child = archive()
-                    entry = {"mode": "with", **await load.window(child)}
-                    done = await child.result(3700)
-                    entry["archive"] = _archive_figures(done, entry["window"], rows)
-                    windows.append(entry)
-                    run.say(f"archive: with {entry['p99_s']} s p99, archive "
-                            f"{entry['archive']['per_s']:,} rows/s, overlap "
-                            f"{entry['archive']['overlap']:.0%}")
-                    result["undo_s"].append(round(await undo(
-                        settings, job, done["run"]["run_id"], rows), 1))
-        finally:
-            await load.close()
+        for pair in range(args.archive_repeats):
+            for with_archive in ((False, True) if pair % 2 == 0 else (True, False)):
+                name = f"archive-{len(windows) + 1}-{'with' if with_archive else 'without'}"
+                if not with_archive:
+                    windows.append({"mode": "without", **await window(
+                        run, name, args.rate, window_s, ingest_per_s, None)})
+                    continue
+                if archived is not None:  # the rows back for this archive (not after the last)
+                    result["undo_s"].append(round(await undo(settings, job, archived, rows), 1))
+                child = archive()
+                entry = {"mode": "with", **await window(
+                    run, name, args.rate, window_s, ingest_per_s, child)}
+                done = await child.result(3700)
+                entry["archive"] = _archive_figures(done, entry["window"], rows)
+                windows.append(entry)
+                run.say(f"archive: with it, p99 {entry['p99_s']} s; archive "
+                        f"{entry['archive']['per_s']:,} rows/s, overlap "
+                        f"{entry['archive']['overlap']:.0%}")
+                archived = done["run"]["run_id"]
         result.update(_summary(windows))
     finally:
         for child in archives:
@@ -576,7 +562,8 @@ def table_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          f"p99 {w['p99_s']:.2f} s (without {wo['p99_s']:.2f} s)", "target ratio <= 1.1",
          f"{r['ratio']:.2f}x", f"{load[0]:.1f}" if load else ""),
         (f"  archive, batch {r['batch_size']}, pause {r['batch_pause_s']:g} s",
-         f"{r['archived_per_s']:,} rows/s (alone {r['alone']['per_s']:,})", overlap, "", ""),
+         f"{r['archived_per_s']:,} rows/s"
+         + (f" (alone {r['alone']['per_s']:,})" if r.get("alone") else ""), overlap, "", ""),
         ("  machine without / with archive",
          f"busy {m['without'].get('machine_busy', 0):.0%} / {m['with'].get('machine_busy', 0):.0%},"
          f" worker waits {m['without'].get('worker_run_queue_wait', 0):.2f} / "
