@@ -476,16 +476,16 @@ async def measure(run: Run, args: argparse.Namespace, ingest_per_s: float) -> di
         windows: list[dict[str, Any]] = []
         for pair in range(args.archive_repeats):
             for with_archive in ((False, True) if pair % 2 == 0 else (True, False)):
-                name = f"archive-{len(windows) + 1}-{'with' if with_archive else 'without'}"
+                app = f"archive-{len(windows) + 1}-{'with' if with_archive else 'without'}"
                 if not with_archive:
                     windows.append({"mode": "without", **await window(
-                        run, name, args.rate, window_s, ingest_per_s, None)})
+                        run, app, args.rate, window_s, ingest_per_s, None)})
                     continue
                 if archived is not None:  # the rows back for this archive (not after the last)
                     result["undo_s"].append(round(await undo(settings, job, archived, rows), 1))
                 child = archive()
                 entry = {"mode": "with", **await window(
-                    run, name, args.rate, window_s, ingest_per_s, child)}
+                    run, app, args.rate, window_s, ingest_per_s, child)}
                 done = await child.result(3700)
                 entry["archive"] = _archive_figures(done, entry["window"], rows)
                 windows.append(entry)
