@@ -93,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="archive: the job's batch_pause_s (default 0, the registry's)")
     parser.add_argument("--archive-window-s", type=float, default=0.0,
                         help="archive: seconds of reminder load per window (default 0: "
-                             "--duration-s, or the archive's time alone if shorter; a value "
-                             "skips the run alone)")
+                             "--duration-s, or the archive's time alone if shorter, at least "
+                             "3; a value skips the run alone)")
     parser.add_argument("--archive-repeats", type=int, default=1,
                         help="archive: pairs of windows, without and with (default 1)")
     parser.add_argument("--ingest-per-s", type=float, default=2000.0,
@@ -103,9 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def smoke(args: argparse.Namespace) -> None:
-    """Tiny sizes for ``--smoke``: proves the scenario runs, measures nothing."""
+    """Tiny sizes for ``--smoke``: proves the scenario runs (the run alone, its undo, both
+    windows), measures nothing."""
     args.archive_rows, args.archive_repeats = SMOKE_ROWS, 1
-    args.archive_window_s = args.archive_window_s or 3.0
 
 
 # --- the child: one archive run, as `cronorch jobs run` does it ---------------------------------
@@ -468,7 +468,7 @@ async def measure(run: Run, args: argparse.Namespace, ingest_per_s: float) -> di
             run.say(f"archive: alone {rows / seconds:,.0f} rows/s ({seconds:.1f} s)")
             archived = done["run"]["run_id"]
             # No longer than the archive alone: slower under load, it then spans the window.
-            window_s = max(1.0, min(args.duration_s, round(seconds)))
+            window_s = min(args.duration_s, max(3.0, round(seconds)))
         result["window_s"] = window_s
         result["window_sized_by"] = (
             "--archive-window-s" if args.archive_window_s
