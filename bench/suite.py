@@ -13,6 +13,8 @@ Scenarios, each on its own topics (a fresh app id), against the local stack:
 - **peer**: the same N fires as rows drained by ``bench.peer`` (SKIP LOCKED pollers).
 - **lateness**: a worker and the live tick producer (1 s ticks) under a steady load of
   ``--rate`` fires/s for ``--duration-s``; commit-to-reader time minus ``fire_at``.
+- **archive**: lateness as above without and with a 1M-row archive job running against the
+  same PostgreSQL and broker (``bench.archive_interference``), as a ratio (target <= 1.1).
 - **scale**: the pipeline's ingest and burst again with 2, 3… workers on the same partitions.
 - **memory**: optionally again at larger sizes (``--memory-n 1000000``).
 - **profile**: py-spy attached to a worker during ingest and during the burst (separate
@@ -46,7 +48,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
-from bench import flame, workload
+from bench import archive_interference, flame, workload
 from bench.harness import (
     Flow,
     FlowResult,
@@ -97,6 +99,7 @@ FIGURES = (
     "profile.ingest.svg", "profile.burst.svg", "profile.ingest.self", "profile.burst.self",
     "faust.available",
 )
+FIGURES += archive_interference.FIGURES
 
 
 def missing_figures(doc: Any, paths: Iterable[str] = FIGURES) -> list[str]:
@@ -557,6 +560,8 @@ async def suite(run: Run) -> dict[str, Any]:
     await section(run, doc, "lateness", lambda: lateness(
         run, args.rate, args.duration_s, get(doc, "pipeline.ingest.per_s") or 2000))
     empty = (doc.get("lateness") or {}).pop("empty_worker", None)
+    await section(run, doc, "archive", lambda: archive_interference.measure(
+        run, args, get(doc, "pipeline.ingest.per_s") or 2000))
 
     async def memory() -> list[dict[str, Any]]:
         sizes: list[dict[str, Any]] = [_memory(doc["pipeline"], empty)]
@@ -714,6 +719,7 @@ def table(doc: dict[str, Any]) -> str:
                  f.get("reason", "vs own engine"),
                  "" if not f.get("available")
                  else f"{x('faust.ingest_ratio')} / {x('faust.burst_ratio')}", ""))
+    rows += archive_interference.table_rows(doc)
     head = ("figure", "project", "compared with", "ratio", "load")
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
@@ -756,6 +762,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="results folder (default $CRONORCH_STATE_DIR/bench/<time>)")
     parser.add_argument("--keep-topics", action="store_true",
                         help="leave the run's topics on the broker")
+    archive_interference.add_arguments(parser)
     return parser
 
 
@@ -768,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.smoke:
         args.n, args.rate, args.duration_s, args.memory_n = 2000, 500, 3.0, []
+        archive_interference.smoke(args)
     run = Run(args)
     run.say(f"results in {run.out}")
 
