@@ -268,7 +268,7 @@ def start_kafka(stack: Stack) -> float:
     if not (stack.kafka_dir / "data" / "meta.properties").exists():
         proc = subprocess.run(
             [*java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", _cluster_id(), "-c", str(props), *_scram_users(stack)],
+             f"--cluster-id={_cluster_id()}", "-c", str(props), *_scram_users(stack)],
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
@@ -301,6 +301,8 @@ def _scram_users(stack: Stack) -> list[str]:
 
 
 def _cluster_id() -> str:
+    """A random cluster id, as ``kafka-storage random-uuid`` makes one. One in 64 starts
+    with ``-``: it is passed as ``--cluster-id=<id>`` so the parser never takes it for a flag."""
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
