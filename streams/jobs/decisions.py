@@ -225,7 +225,11 @@ class DataStore(Protocol):
 
     async def purge_preview(self, cutoffs: Mapping[str, datetime]) -> dict[str, Touch]: ...
 
-    async def undo_batch(self, tag: str, batch_size: int) -> int: ...
+    async def undo_batch(self, tag: str, batch_size: int, after: str) -> tuple[int, str | None]:
+        """Move back the movable rows among the next ``batch_size`` rows of run ``tag``
+        after task id ``after``: (rows moved, the task id to go on after, or None when that
+        page was the run's last)."""
+        ...
 
     async def undo_preview(self, tag: str) -> Touch: ...
 
@@ -352,16 +356,15 @@ async def undo_archive(store: DataStore, tag: str, batch_size: int, *,
     transaction each). Idempotent: a second undo finds nothing tagged and moves nothing. Rows
     whose task id or occurrence is in tasks again stay archived and are counted ``blocked``."""
     outcome = Outcome(before=_undo_counts(await store.undo_preview(tag)))
-    while True:
+    after: str | None = ""
+    while after is not None:
         if not await proceed():
             outcome.stopped = True
             break
-        moved = await store.undo_batch(tag, batch_size)
+        moved, after = await store.undo_batch(tag, batch_size, after)
         outcome.batches += 1
         outcome.processed += moved
         outcome.affected += moved
-        if moved < batch_size:
-            break
     outcome.after = _undo_counts(await store.undo_preview(tag))
     return outcome
 

@@ -180,17 +180,24 @@ SELECT count(*) AS rows, min(a.completed_at) AS oldest, max(a.completed_at) AS n
   FROM tasks_archive a WHERE a.archive_run_id = $1;
 
 -- name: undo_batch
--- One batch of a run's archived rows back into tasks, in one statement (one transaction).
--- Rows whose task id or occurrence is in tasks again stay archived (counted as blocked).
-WITH picked AS (
-    SELECT a.task_id FROM tasks_archive a
-     WHERE a.archive_run_id = $1
-       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = a.task_id
-                          OR (a.series_id IS NOT NULL AND t.series_id = a.series_id
-                              AND t.occurrence_key = a.occurrence_key))
+-- One page of a run's archived rows back into tasks, in one statement (one transaction):
+-- the next $2 rows of the run after task id $3 (keyset paging on tasks_archive_run, so a
+-- page costs its own rows, never all the rows left; blocked rows are passed, not read
+-- again). Rows whose task id or occurrence is in tasks again stay archived (blocked). The
+-- two NOT EXISTS are separate so each is one index probe (an OR of both made the planner
+-- check every remaining row against tasks on each page).
+WITH candidates AS (
+    SELECT a.task_id, a.series_id, a.occurrence_key FROM tasks_archive a
+     WHERE a.archive_run_id = $1 AND a.task_id > $3
      ORDER BY a.task_id
      LIMIT $2
-       FOR UPDATE OF a SKIP LOCKED
+       FOR UPDATE
+), picked AS (
+    SELECT c.task_id FROM candidates c
+     WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = c.task_id)
+       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE c.series_id IS NOT NULL
+                          AND t.series_id = c.series_id
+                          AND t.occurrence_key = c.occurrence_key)
 ), moved AS (
     DELETE FROM tasks_archive a USING picked p WHERE a.task_id = p.task_id
     RETURNING a.*
@@ -202,7 +209,8 @@ WITH picked AS (
       FROM moved
     RETURNING 1
 )
-SELECT count(*) FROM restored;
+SELECT (SELECT count(*) FROM restored) AS moved, (SELECT count(*) FROM candidates) AS scanned,
+       (SELECT max(task_id) FROM candidates) AS last;
 
 -- name: purge_counts
 SELECT (SELECT count(*) FROM tasks_archive) AS tasks_archive,

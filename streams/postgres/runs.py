@@ -212,8 +212,9 @@ class PgRunStore:
         return {t: Touch(int(row[f"{t}_rows"]), row[f"{t}_oldest"], row[f"{t}_newest"])
                 for t in ("tasks_archive", "job_runs", "dead_letters", "outbox")}
 
-    async def undo_batch(self, tag: str, batch_size: int) -> int:
-        return int(await self.db.fetchval("undo_batch", tag, batch_size))
+    async def undo_batch(self, tag: str, batch_size: int, after: str) -> tuple[int, str | None]:
+        row = await self.db.fetchrow("undo_batch", tag, batch_size, after)
+        return int(row["moved"]), row["last"] if row["scanned"] == batch_size else None
 
     async def undo_preview(self, tag: str) -> Touch:
         row = await self.db.fetchrow("undo_preview", tag)

@@ -18,7 +18,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas import JobRun
 from streams.errors import DatabaseUnavailable, Refused, SchedulerError, TransientError
@@ -34,6 +34,7 @@ Clock = Callable[[], datetime]
 Emit = Callable[[JobRun], Awaitable[None]]
 Lock = Any  # the store's opaque session handle
 MAX_MESSAGE = 300
+T = TypeVar("T")
 
 
 def _log_run(run: JobRun) -> None:
@@ -264,7 +265,7 @@ class BatchBounded:
         self.db = db
         self.timeout_s = batch_timeout_s
 
-    async def _bounded(self, call: Awaitable[int]) -> int:
+    async def _bounded(self, call: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(call, self.timeout_s)
         except TimeoutError:
@@ -290,8 +291,8 @@ class BatchBounded:
     async def purge_preview(self, cutoffs: Mapping[str, datetime]) -> dict[str, jobs.Touch]:
         return await self.db.purge_preview(cutoffs)
 
-    async def undo_batch(self, tag: str, batch_size: int) -> int:
-        return await self._bounded(self.db.undo_batch(tag, batch_size))
+    async def undo_batch(self, tag: str, batch_size: int, after: str) -> tuple[int, str | None]:
+        return await self._bounded(self.db.undo_batch(tag, batch_size, after))
 
     async def undo_preview(self, tag: str) -> jobs.Touch:
         return await self.db.undo_preview(tag)

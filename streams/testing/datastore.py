@@ -65,14 +65,19 @@ class MemoryDataStore:
             (blocked if key in self.tasks else movable).append(key)
         return movable, blocked
 
-    async def undo_batch(self, tag: str, batch_size: int) -> int:
-        keys = self._tagged(tag)[0][:batch_size]
-        for key in keys:
+    async def undo_batch(self, tag: str, batch_size: int, after: str) -> tuple[int, str | None]:
+        page = sorted(k for k, row in self.archive.items()
+                      if row.get("archive_run_id") == tag and k > after)[:batch_size]
+        moved = 0
+        for key in page:
+            if key in self.tasks:
+                continue  # blocked: stays archived
             row = dict(self.archive.pop(key))
             row.pop("archived_at", None)
             row.pop("archive_run_id", None)
             self.tasks[key] = row
-        return len(keys)
+            moved += 1
+        return moved, page[-1] if len(page) == batch_size else None
 
     async def undo_preview(self, tag: str) -> Touch:
         movable, blocked = self._tagged(tag)

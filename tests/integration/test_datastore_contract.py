@@ -171,6 +171,52 @@ def test_datastore_contract_undo_moves_back_once(store_factory: Callable[[], Any
     assert counts["tasks_archive"] == 1 and counts["tasks"] == 51
 
 
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_datastore_contract_undo_pages_past_blocked_rows(kind: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    """Rows whose task id is in tasks again stay archived; the undo pages past them (keyset
+    on the task id), so every movable row goes back, and a second undo reads only them."""
+    url = "" if kind == "memory" else request.getfixturevalue("database")
+    back = ["old-2", "old-17", "old-33"]
+
+    async def reopen(store: Any) -> None:
+        if isinstance(store, MemoryDataStore):
+            for key in back:
+                store.tasks[key] = {"status": "open", "completed_at": None}
+            return
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO tasks (task_id, user_id, title, status) "
+                               "SELECT unnest($1::text[]), 'u', 't', 'open'", back)
+        finally:
+            await conn.close()
+
+    async def go() -> tuple[jobs.Outcome, jobs.Outcome]:
+        if kind == "memory":
+            store: Any = MemoryDataStore()
+            for i in range(1, 51):
+                store.tasks[f"old-{i}"] = {"status": "completed",
+                                           "completed_at": NOW - timedelta(days=31 + i)}
+        else:
+            await seed(url, 50)
+            store = await run_store(url)
+        try:
+            await jobs.archive_completed(store, NOW, 30, 50, tag="a@1")
+            await reopen(store)
+            return (await jobs.undo_archive(store, "a@1", 10),
+                    await jobs.undo_archive(store, "a@1", 10))
+        finally:
+            if not isinstance(store, MemoryDataStore):
+                await store.db.close()
+
+    first, second = asyncio.run(go())
+    assert first.before == {"archived_by_run": 50, "blocked": 3}
+    assert (first.affected, first.batches) == (47, 6)  # five full pages, then an empty one
+    assert first.after == {"archived_by_run": 3, "blocked": 3}
+    assert (second.affected, second.batches) == (0, 1)
+    assert second.after == first.after
+
+
 def test_datastore_contract_purge_stops_and_skips_finished_targets(
         store_factory: Callable[[], Any]) -> None:
     cutoffs = {t: NOW + timedelta(days=1) for t in jobs.PURGE_TARGETS}
