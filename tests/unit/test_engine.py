@@ -30,6 +30,22 @@ class Broker:
         self.seeks: list[int] = []
 
 
+class FakeBatch:
+    def __init__(self) -> None:
+        self.values: list[bytes | None] = []
+
+    def append(self, *, timestamp: int | None, key: bytes | None,
+               value: bytes | None) -> object:
+        self.values.append(value)
+        return object()
+
+    def close(self) -> None:
+        pass
+
+    def record_count(self) -> int:
+        return len(self.values)
+
+
 class FakeProducer:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -50,6 +66,19 @@ class FakeProducer:
     async def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
                    partition: int | None = None) -> asyncio.Future[None]:
         self.pending.append(value)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *,
+                         partition: int) -> asyncio.Future[None]:
+        self.pending.extend(batch.values)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
