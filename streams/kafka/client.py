@@ -239,6 +239,8 @@ def connection(settings: Settings) -> dict[str, Any]:
 
 # aiokafka's default, named: ``send_all`` refuses a larger record before sending anything.
 MAX_REQUEST_BYTES = 1_048_576
+# A record's framing in a batch is well under this: smaller records skip the exact estimate.
+_CHECKED_FROM_BYTES = MAX_REQUEST_BYTES - 4096
 # aiokafka keeps one produce request in flight per broker and each request carries one
 # batch per partition, so a partition's records reach the broker one batch per round trip:
 # its 16 KiB default made a burst thousands of round trips. A batch must still fit the
@@ -378,13 +380,14 @@ async def send_all(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> Non
     groups: dict[tuple[str, int], list[Output]] = {}
     partitions: dict[str, list[int]] = {}
     for out in outputs:
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(out.key, out.value, [])
-        if size > MAX_REQUEST_BYTES:
-            # aiokafka's send() refuses such a record before it reaches a batch; so do we,
-            # before anything is sent, so no batch carries a record the broker would refuse.
-            raise MessageSizeTooLargeError(
-                f"a record to {out.topic} is {size} bytes when serialized, larger than the "
-                f"maximum request size ({MAX_REQUEST_BYTES})")
+        if len(out.key or b"") + len(out.value or b"") > _CHECKED_FROM_BYTES:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(out.key, out.value, [])
+            if size > MAX_REQUEST_BYTES:
+                # aiokafka's send() refuses such a record before it reaches a batch; so do
+                # we, before anything is sent: no batch carries a record the broker refuses.
+                raise MessageSizeTooLargeError(
+                    f"a record to {out.topic} is {size} bytes when serialized, larger than "
+                    f"the maximum request size ({MAX_REQUEST_BYTES})")
         partition = out.partition
         if partition is None:
             known = partitions.get(out.topic)
