@@ -74,6 +74,8 @@ RESET_BACKOFF = Backoff(base_s=0.5, cap_s=10.0)
 REQUEST_TIMEOUT_S = 30.0  # a broker request that takes longer resets the partition
 CLOSE_TIMEOUT_S = 5.0  # stopping a client, aborting a transaction: best effort, bounded
 PROGRESS_BOUND_S = 60.0  # not ready when there is lag and no batch committed for this long
+LONG_PLANNING_S = 0.05  # a partition's planning this long is followed by a turn of the loop
+TURN_S = 0.001
 
 
 class PartitionHandler(Protocol):
@@ -453,11 +455,16 @@ class Processor:
             for tp, msgs in batches.items():
                 if stop.is_set():
                     break
+                planned_from = time.monotonic()
                 batch = self._plan(tp, msgs)
                 if batch is not None:
                     inflight.append(asyncio.create_task(
                         self._transact(batch), name=f"{self.name} batch {tp.partition}"))
-                await asyncio.sleep(0)
+                # After a long planning, a turn on a timer rather than sleep(0): a bare yield
+                # runs the next planning before the callbacks that fell due meanwhile (the
+                # group's heartbeat, the transaction just started), doubling their wait.
+                long = time.monotonic() - planned_from > LONG_PLANNING_S
+                await asyncio.sleep(TURN_S if long else 0)
         except asyncio.CancelledError:
             for task in inflight:
                 task.cancel()

@@ -9,6 +9,7 @@ cancellation aborts them all."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -435,3 +436,38 @@ def test_a_cancelled_poll_aborts_every_transaction_in_flight(
 
     asyncio.run(scenario())
     assert broker.aborts == 3 and broker.committed == []
+
+
+def test_a_long_planning_lets_what_fell_due_run_before_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task woken by a timer during one partition's long planning (the group's heartbeat)
+    runs before the next partition is planned, not after it (or after two)."""
+    broker = Broker(0, 0)
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: FakeProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    order: list[str] = []
+
+    class Slow(Echo):
+        def process(self, partition: int, records: list[Record]) -> list[Output]:
+            order.append(f"plan {partition}")
+            until = time.monotonic() + 2 * engine.LONG_PLANNING_S
+            while time.monotonic() < until:
+                pass  # CPU-bound, as a burst's planning is
+            return super().process(partition, records)
+
+    async def heartbeat() -> None:
+        await asyncio.sleep(engine.LONG_PLANNING_S / 2)  # falls due during the first plan
+        order.append("heartbeat")
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Slow())
+        for p in range(3):
+            processor.assigned([p])
+            await processor.restores[p]
+        beat = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0)  # the heartbeat's timer is set
+        await processor._process_all(_poll(3), asyncio.Event())
+        await beat
+
+    asyncio.run(scenario())
+    assert order == ["plan 0", "heartbeat", "plan 1", "plan 2"]
