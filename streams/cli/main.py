@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="first tick (range mode)")
     tick.add_argument("--to", dest="end", type=console.instant,
                       help="last tick, inclusive (range mode)")
-    tick.add_argument("--step", type=int, default=None, help="seconds between ticks")
+    tick.add_argument("--step", type=console.tick_step, default=None,
+                      help="seconds between ticks, e.g. 0.25 (default TICK_INTERVAL_S)")
 
     sub.add_parser("worker", help="run the scheduling worker (re-keyer + timeline agent)")
     backfill = sub.add_parser(

@@ -8,7 +8,9 @@ records as ``Record`` values. Producers are transactional and idempotent; consum
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -40,6 +42,8 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.errors import BrokerUnavailable, ConfigError, Fenced, NotAuthorized, RecordRejected
 from streams.settings import Settings
@@ -233,6 +237,17 @@ def connection(settings: Settings) -> dict[str, Any]:
     return options
 
 
+# aiokafka's default, named: ``send_all`` refuses a larger record before sending anything.
+MAX_REQUEST_BYTES = 1_048_576
+# A record's framing in a batch is well under this: smaller records skip the exact estimate.
+_CHECKED_FROM_BYTES = MAX_REQUEST_BYTES - 4096
+# aiokafka keeps one produce request in flight per broker and each request carries one
+# batch per partition, so a partition's records reach the broker one batch per round trip:
+# its 16 KiB default made a burst thousands of round trips. A batch must still fit the
+# topic's max.message.bytes, which ``max_message_bytes`` states.
+BATCH_BYTES = 512 * 1024
+
+
 def producer(settings: Settings, transactional_id: str | None) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         **connection(settings),
@@ -241,6 +256,8 @@ def producer(settings: Settings, transactional_id: str | None) -> AIOKafkaProduc
         transaction_timeout_ms=settings.transaction_timeout_ms,
         linger_ms=5,
         acks="all",
+        max_request_size=MAX_REQUEST_BYTES,
+        max_batch_size=min(BATCH_BYTES, settings.max_message_bytes),
     )
 
 
@@ -348,24 +365,90 @@ async def read_all(settings: Settings, topics: Iterable[str],
 async def send_all(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
     """Send ``outputs`` and wait until the broker has acknowledged every one of them.
 
+    Records are grouped by (topic, partition) — a keyed record without a partition goes
+    where aiokafka's own partitioner would put it (``default_partition``) — and each group
+    is packed into record batches of up to ``BATCH_BYTES``, one delivery future per batch
+    instead of one per record: same records, same order within each partition. The groups
+    are submitted side by side, so one produce request carries a batch of each.
+
     Inside a transaction this drains the send buffer before the commit is asked for, and
-    every delivery future is retrieved, so a fenced or failed batch raises here once
-    instead of leaving unretrieved exceptions behind (also when a send itself raises
-    part-way: the futures already made are awaited before the error goes on). Raises
-    aiokafka's errors: the engine decides on them; processes use ``send``.
+    every delivery future is retrieved, so a fenced or failed batch raises here once (the
+    first error: a submission's, else the first failed batch's) instead of leaving
+    unretrieved exceptions behind, also when a submission fails part-way. Raises aiokafka's
+    errors: the engine decides on them; processes use ``send``.
     """
-    futures = []
-    try:
-        for out in outputs:
-            futures.append(await producer.send(out.topic, key=out.key, value=out.value,
-                                               partition=out.partition))
-    except BaseException:
-        await asyncio.gather(*futures, return_exceptions=True)
-        raise
+    groups: dict[tuple[str, int], list[Output]] = {}
+    partitions: dict[str, list[int]] = {}
+    for out in outputs:
+        if len(out.key or b"") + len(out.value or b"") > _CHECKED_FROM_BYTES:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(out.key, out.value, [])
+            if size > MAX_REQUEST_BYTES:
+                # aiokafka's send() refuses such a record before it reaches a batch; so do
+                # we, before anything is sent: no batch carries a record the broker refuses.
+                raise MessageSizeTooLargeError(
+                    f"a record to {out.topic} is {size} bytes when serialized, larger than "
+                    f"the maximum request size ({MAX_REQUEST_BYTES})")
+        partition = out.partition
+        if partition is None:
+            known = partitions.get(out.topic)
+            if known is None:
+                known = partitions[out.topic] = list(await producer.partitions_for(out.topic))
+            partition = default_partition(out.key, known)
+        groups.setdefault((out.topic, partition), []).append(out)
+    futures: list[asyncio.Future[Any]] = []
+    submitted = await asyncio.gather(
+        *(_submit(producer, topic, partition, group, futures)
+          for (topic, partition), group in groups.items()),
+        return_exceptions=True)
     results = await asyncio.gather(*futures, return_exceptions=True)
-    for result in results:
+    for result in (*submitted, *results):
         if isinstance(result, BaseException):
             raise result
+
+
+async def _submit(producer: AIOKafkaProducer, topic: str, partition: int,
+                  group: list[Output], futures: list[asyncio.Future[Any]]) -> None:
+    """Pack ``group`` into batches and hand them to the producer in order; each batch's
+    delivery future goes into ``futures`` as soon as it exists."""
+    batch = producer.create_batch()
+    for out in group:
+        if batch.append(timestamp=None, key=out.key, value=out.value) is None:
+            await _send_batch(producer, batch, topic, partition, futures)
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=out.key, value=out.value)
+    if batch.record_count():
+        await _send_batch(producer, batch, topic, partition, futures)
+
+
+async def _send_batch(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int,
+                      futures: list[asyncio.Future[Any]]) -> None:
+    # Closed, so the sender takes it at once instead of lingering for more records.
+    batch.close()
+    future = await producer.send_batch(batch, topic, partition=partition)
+    # Retrieved whatever happens next, even when the caller is cancelled before it looks:
+    # a failed batch must never log "Future exception was never retrieved".
+    future.add_done_callback(_retrieve)
+    futures.append(future)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@functools.lru_cache(maxsize=16_384)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def default_partition(key: bytes | None, partitions: list[int]) -> int:
+    """The partition aiokafka's ``DefaultPartitioner`` picks for ``key`` among
+    ``partitions`` (the producer's metadata, in its order): murmur2 of the key bytes, as the
+    Java client does; a record without a key goes to any partition. Hashes are cached: a
+    burst sends many records per user."""
+    if key is None:
+        return random.choice(partitions)
+    return partitions[_key_hash(key) % len(partitions)]
 
 
 async def send(producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:

@@ -44,6 +44,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -73,6 +74,8 @@ RESET_BACKOFF = Backoff(base_s=0.5, cap_s=10.0)
 REQUEST_TIMEOUT_S = 30.0  # a broker request that takes longer resets the partition
 CLOSE_TIMEOUT_S = 5.0  # stopping a client, aborting a transaction: best effort, bounded
 PROGRESS_BOUND_S = 60.0  # not ready when there is lag and no batch committed for this long
+LONG_PLANNING_S = 0.05  # a partition's planning this long is followed by a turn of the loop
+TURN_S = 0.001
 
 
 class PartitionHandler(Protocol):
@@ -417,10 +420,7 @@ class Processor:
                         self.progress_at = time.monotonic()
                     continue
                 async with self.lock:
-                    for tp, msgs in batches.items():
-                        if stop.is_set():
-                            break
-                        await self._process(tp, msgs)
+                    await self._process_all(batches, stop)
         finally:
             metrics.PROCESSOR_UP.labels(self.role).set(0)
             self.stopping = True
@@ -439,21 +439,80 @@ class Processor:
             await asyncio.wait_for(self.consumer.stop(), CLOSE_TIMEOUT_S)
         await asyncio.gather(*(self._close(p) for p in list(self.producers)))
 
+    async def _process_all(self, batches: dict[TopicPartition, list[Any]],
+                           stop: asyncio.Event) -> None:
+        """One poll's batches: each partition planned in turn (handlers are synchronous and
+        not thread-safe), its transaction started at once, then all of them awaited.
+
+        Each partition has its own transactional producer, so p's round trips (begin,
+        sends, offsets, commit) overlap the planning of the next partitions and each other
+        instead of queueing behind them. The loop is yielded between partitions so the
+        transactions started go out, and the group's heartbeats with them, between two
+        plannings. Every failure stays per partition (``_transact``); a cancellation aborts
+        every transaction in flight; a refusal for good is raised once all have ended."""
+        inflight: list[asyncio.Task[None]] = []
+        try:
+            for tp, msgs in batches.items():
+                if stop.is_set():
+                    break
+                planned_from = time.monotonic()
+                batch = self._plan(tp, msgs)
+                if batch is not None:
+                    inflight.append(asyncio.create_task(
+                        self._transact(batch), name=f"{self.name} batch {tp.partition}"))
+                # After a long planning, a turn on a timer rather than sleep(0): a bare yield
+                # runs the next planning before the callbacks that fell due meanwhile (the
+                # group's heartbeat, the transaction just started), doubling their wait.
+                long = time.monotonic() - planned_from > LONG_PLANNING_S
+                await asyncio.sleep(TURN_S if long else 0)
+        except asyncio.CancelledError:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            raise
+        except BaseException:
+            await asyncio.gather(*inflight, return_exceptions=True)
+            raise
+        ended = await asyncio.gather(*inflight, return_exceptions=True)
+        for result in ended:
+            if isinstance(result, BaseException):
+                raise result
+
     async def _process(self, tp: TopicPartition, msgs: list[Any]) -> None:
+        """One partition's batch on its own: planned, then committed."""
+        batch = self._plan(tp, msgs)
+        if batch is not None:
+            await self._transact(batch)
+
+    def _plan(self, tp: TopicPartition, msgs: list[Any]) -> _Batch | None:
+        """What p's batch decides (the handler's outputs, fitted), or None when p is not
+        ours to process right now. Synchronous: nothing can revoke p meanwhile."""
         p = tp.partition
         producer = self.producers.get(p)
         if producer is None:
-            return  # restoring or revoked: the restore seeks back to the committed offset
+            return None  # restoring or revoked: the restore seeks back to the committed offset
         floor = self.next_offset.get(p, -1)
         records = [kafka.to_record(m) for m in msgs if m.offset >= floor]
         if not records:
-            return
-        start = time.monotonic()
+            return None
+        batch = _Batch(tp, producer, records, time.monotonic())
         try:
-            outputs = fit(self.settings, self.role, p, records[-1],
-                          self.handler.process(p, records))
+            batch.outputs = fit(self.settings, self.role, p, records[-1],
+                                self.handler.process(p, records))
+        except (TimeoutError, KafkaError, Fenced, BrokerUnavailable) as exc:
+            batch.failure = exc
+        return batch
+
+    async def _transact(self, batch: _Batch) -> None:
+        """Commit ``batch`` in one transaction with its offset; on failure reset its
+        partition, or raise when the refusal is for good."""
+        tp, producer, records = batch.tp, batch.producer, batch.records
+        p = tp.partition
+        try:
+            if batch.failure is not None:
+                raise batch.failure
             await producer.begin_transaction()
-            await kafka.send_all(producer, outputs)
+            await kafka.send_all(producer, batch.outputs)
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1}, self.group_id)
             await producer.commit_transaction()
@@ -491,7 +550,19 @@ class Processor:
         self.progress_at = time.monotonic()
         metrics.RECORDS.labels(self.role).inc(len(records))
         metrics.TRANSACTIONS.labels(self.role, "committed").inc()
-        metrics.TRANSACTION_SECONDS.labels(self.role).observe(time.monotonic() - start)
+        metrics.TRANSACTION_SECONDS.labels(self.role).observe(time.monotonic() - batch.start)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One partition's planned batch, between its planning and its transaction."""
+
+    tp: TopicPartition
+    producer: Any
+    records: list[Record]
+    start: float
+    outputs: list[Output] = field(default_factory=list)
+    failure: Exception | None = None
 
 
 async def _stop_quietly(producer: Any) -> None:

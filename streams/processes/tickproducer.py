@@ -40,9 +40,16 @@ log = logging.getLogger("cronorch.tick")
 BATCH = 500
 
 
-def grid_floor(at: datetime, step_s: int) -> datetime:
-    seconds = int(at.timestamp()) // step_s * step_s
-    return datetime.fromtimestamp(seconds, UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def grid_floor(at: datetime, step_s: float) -> datetime:
+    """The grid instant at or before ``at``: a multiple of ``step_s`` since the epoch,
+    counted in whole microseconds so that a fractional step (0.25 s) never drifts."""
+    step_us = round(step_s * 1_000_000)
+    elapsed_us = (at - _EPOCH) // _MICROSECOND
+    return _EPOCH + elapsed_us // step_us * step_us * _MICROSECOND
 
 
 async def last_tick(settings: Settings) -> datetime | None:
@@ -119,7 +126,8 @@ class TickPublisher:
         metrics.TICKS.inc(len(ticks))
 
 
-async def publish_range(settings: Settings, start: datetime, end: datetime, step_s: int) -> int:
+async def publish_range(settings: Settings, start: datetime, end: datetime,
+                        step_s: float) -> int:
     """Publish ticks start, start+step, … ≤ end; return how many."""
     publisher = TickPublisher(settings, "tick-range")
     await publisher.start()
@@ -178,7 +186,7 @@ class Lease(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.consumer.stop()
 
 
-async def run_live(settings: Settings, step_s: int, *,
+async def run_live(settings: Settings, step_s: float, *,
                    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                    stop: asyncio.Event | None = None) -> None:
     stop = await lifecycle.start(settings, stop, ensure_topics=False)
@@ -206,7 +214,7 @@ async def run_live(settings: Settings, step_s: int, *,
         await lease.stop()
 
 
-async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease, step_s: int,
+async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease, step_s: float,
                      clock: Callable[[], datetime], stop: asyncio.Event) -> None:
     """Publish on the grid while this process holds the lease."""
     step = timedelta(seconds=step_s)
@@ -232,7 +240,7 @@ async def _live_loop(settings: Settings, publisher: TickPublisher, lease: Lease,
 
 
 async def _publish_grid(publisher: TickPublisher, lease: Lease, step: timedelta, nxt: datetime,
-                        ahead: timedelta, step_s: int, clock: Callable[[], datetime],
+                        ahead: timedelta, step_s: float, clock: Callable[[], datetime],
                         stop: asyncio.Event, published: list[datetime]) -> None:
     while not stop.is_set() and await lease.poll():
         now = clock()

@@ -18,6 +18,7 @@ thread and only read plain attributes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,13 @@ from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.telemetry.logs import fields
+
 LOOP_STALL_S = 15.0
+# A turn of the event loop later than this is logged: heartbeats to the group wait as long,
+# and a member whose loop stalls past the session timeout (6 s by default) is dropped.
+LOOP_STALL_LOGGED_S = 1.0
+log = logging.getLogger("cronorch.health")
 
 
 class Component(Protocol):
@@ -42,6 +49,7 @@ class Health:
     def __init__(self) -> None:
         self.components: dict[str, Component] = {}
         self.beat = time.monotonic()
+        self.longest_stall_s = 0.0  # the longest wait for a turn of the loop seen so far
         self.started = False  # lifecycle.start finished: Kafka was reachable, topics exist
 
     def register(self, component: Component) -> None:
@@ -65,10 +73,18 @@ class Health:
         return found
 
     async def beating(self, interval_s: float = 1.0) -> None:
-        """Stamp ``beat`` from the event loop until cancelled."""
+        """Stamp ``beat`` from the event loop until cancelled; a beat that comes late says
+        how long the loop was held (CPU-bound work between two awaits), and is logged."""
+        self.beat = time.monotonic()
         while True:
-            self.beat = time.monotonic()
             await asyncio.sleep(interval_s)
+            now = time.monotonic()
+            stall_s = now - self.beat - interval_s
+            self.beat = now
+            if stall_s > self.longest_stall_s:
+                self.longest_stall_s = stall_s
+            if stall_s >= LOOP_STALL_LOGGED_S:
+                log.warning("event loop stalled", extra=fields(stall_s=round(stall_s, 3)))
 
 
 HEALTH = Health()

@@ -2,17 +2,22 @@
 seek back to the committed offset) with exponential backoff, retrying while the broker
 refuses, and the batch is then processed again from the committed offset. Restores run
 outside the rebalance listener with the partition paused; a revoke cancels them; a restore
-that fails for good ends ``run``."""
+that fails for good ends ``run``. The partitions of one poll commit side by side: a failure
+resets only its partition, a refusal for good ends the poll once the others have ended, a
+cancellation aborts them all."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
+from streams.errors import NotAuthorized
 from streams.kafka import client as kafka
 from streams.kafka import engine
 from streams.kafka.client import Output, Record, TopicPartition
@@ -28,6 +33,22 @@ class Broker:
         self.committed: list[tuple[list[bytes | None], dict[TopicPartition, int]]] = []
         self.aborts = 0
         self.seeks: list[int] = []
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self.values: list[bytes | None] = []
+
+    def append(self, *, timestamp: int | None, key: bytes | None,
+               value: bytes | None) -> object:
+        self.values.append(value)
+        return object()
+
+    def close(self) -> None:
+        pass
+
+    def record_count(self) -> int:
+        return len(self.values)
 
 
 class FakeProducer:
@@ -50,6 +71,19 @@ class FakeProducer:
     async def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
                    partition: int | None = None) -> asyncio.Future[None]:
         self.pending.append(value)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *,
+                         partition: int) -> asyncio.Future[None]:
+        self.pending.extend(batch.values)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
@@ -297,3 +331,143 @@ def test_a_cancellation_escaping_the_client_is_retried_not_fatal(
         assert processor.failures[0] == 1
 
     asyncio.run(scenario())
+
+
+class Gate:
+    """Commits that wait until the test opens them, and who is waiting: so a test can see
+    several partitions' transactions open at once."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.waiting: set[int] = set()
+        self.everyone = asyncio.Event()
+
+
+def _gated_producers(broker: Broker, gate: Gate, partitions: int,
+                     fail: dict[int, Exception]) -> Any:
+    made = iter(range(10**6))
+
+    class GatedProducer(FakeProducer):
+        def __init__(self, p: int) -> None:
+            super().__init__(broker)
+            self.p = p
+
+        async def commit_transaction(self) -> None:
+            gate.waiting.add(self.p)
+            if len(gate.waiting) == partitions:
+                gate.everyone.set()
+            await gate.open.wait()
+            if self.p in fail:
+                raise fail.pop(self.p)
+            await super().commit_transaction()
+
+    # Restores start producers in partition order, one each: the n-th made serves p = n.
+    return lambda settings, tid: GatedProducer(next(made) % partitions)
+
+
+def _poll(partitions: int) -> dict[TopicPartition, list[Msg]]:
+    return {TopicPartition("source", p): [Msg(10, partition=p), Msg(11, partition=p)]
+            for p in range(partitions)}
+
+
+def test_a_polls_partitions_commit_side_by_side_and_fail_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every partition of a poll has its transaction open before any commits; one that
+    fails resets that partition only, the others commit."""
+    broker, gate = Broker(0, 0), Gate()
+    fail: dict[int, Exception] = {1: KafkaConnectionError("connection lost")}
+    monkeypatch.setattr(kafka, "producer", _gated_producers(broker, gate, 3, fail))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+
+    async def scenario() -> engine.Processor:
+        processor = engine.Processor(Settings(), "test", "source", Echo())
+        for p in range(3):  # one at a time, so that producer n serves partition n
+            processor.assigned([p])
+            await processor.restores[p]
+        poll = asyncio.create_task(processor._process_all(_poll(3), asyncio.Event()))
+        await asyncio.wait_for(gate.everyone.wait(), 5)  # all three in flight at once
+        gate.open.set()
+        await poll
+        return processor
+
+    processor = asyncio.run(scenario())
+    committed = sorted(tp.partition for _, offsets in broker.committed for tp in offsets)
+    assert committed == [0, 2] and broker.aborts == 1
+    assert 1 not in processor.producers and processor.failures[1] == 1
+    assert processor.next_offset[0] == processor.next_offset[2] == 12
+
+
+def test_a_refusal_for_good_is_raised_after_the_others_commit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    broker, gate = Broker(0, 0), Gate()
+    fail: dict[int, Exception] = {0: TopicAuthorizationFailedError()}
+    monkeypatch.setattr(kafka, "producer", _gated_producers(broker, gate, 3, fail))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Echo())
+        for p in range(3):
+            processor.assigned([p])
+            await processor.restores[p]
+        gate.open.set()
+        with pytest.raises(NotAuthorized):
+            await processor._process_all(_poll(3), asyncio.Event())
+
+    asyncio.run(scenario())
+    assert sorted(tp.partition for _, offsets in broker.committed for tp in offsets) == [1, 2]
+
+
+def test_a_cancelled_poll_aborts_every_transaction_in_flight(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    broker, gate = Broker(0, 0), Gate()
+    monkeypatch.setattr(kafka, "producer", _gated_producers(broker, gate, 3, {}))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Echo())
+        for p in range(3):
+            processor.assigned([p])
+            await processor.restores[p]
+        poll = asyncio.create_task(processor._process_all(_poll(3), asyncio.Event()))
+        await asyncio.wait_for(gate.everyone.wait(), 5)
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+
+    asyncio.run(scenario())
+    assert broker.aborts == 3 and broker.committed == []
+
+
+def test_a_long_planning_lets_what_fell_due_run_before_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task woken by a timer during one partition's long planning (the group's heartbeat)
+    runs before the next partition is planned, not after it (or after two)."""
+    broker = Broker(0, 0)
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: FakeProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    order: list[str] = []
+
+    class Slow(Echo):
+        def process(self, partition: int, records: list[Record]) -> list[Output]:
+            order.append(f"plan {partition}")
+            until = time.monotonic() + 2 * engine.LONG_PLANNING_S
+            while time.monotonic() < until:
+                pass  # CPU-bound, as a burst's planning is
+            return super().process(partition, records)
+
+    async def heartbeat() -> None:
+        await asyncio.sleep(engine.LONG_PLANNING_S / 2)  # falls due during the first plan
+        order.append("heartbeat")
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", Slow())
+        for p in range(3):
+            processor.assigned([p])
+            await processor.restores[p]
+        beat = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0)  # the heartbeat's timer is set
+        await processor._process_all(_poll(3), asyncio.Event())
+        await beat
+
+    asyncio.run(scenario())
+    assert order == ["plan 0", "heartbeat", "plan 1", "plan 2"]

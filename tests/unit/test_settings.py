@@ -71,3 +71,15 @@ def test_min_insync_replicas_may_not_exceed_the_replication_factor() -> None:
         Settings.from_env({"MIN_INSYNC_REPLICAS": "2"})
     assert info.value.path == "MIN_INSYNC_REPLICAS"
     assert Settings.from_env({"MIN_INSYNC_REPLICAS": "2", "REPLICATION_FACTOR": "3"})
+
+
+@pytest.mark.parametrize(("text", "step_s"), [("1", 1.0), ("0.25", 0.25), ("0.05", 0.05),
+                                              ("3600", 3600.0)])
+def test_the_tick_interval_takes_fractions_of_a_second(text: str, step_s: float) -> None:
+    assert Settings.from_env({"TICK_INTERVAL_S": text}).tick_interval_s == step_s
+
+
+@pytest.mark.parametrize("text", ["0.04", "0", "-1", "0.2505", "3601", "fast"])
+def test_a_bad_tick_interval_names_its_variable(text: str) -> None:
+    with pytest.raises(ConfigError, match="TICK_INTERVAL_S"):
+        Settings.from_env({"TICK_INTERVAL_S": text})

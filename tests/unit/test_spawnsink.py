@@ -57,13 +57,37 @@ class FakeDb(MemorySpawnStore):
         return await super().insert_spawned(tasks)
 
 
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(self, *, timestamp: int | None, key: bytes | None,
+               value: bytes | None) -> object:
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        pass
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
 class FakeProducer:
+    """The part of aiokafka's producer that ``kafka.send_all`` uses: batches."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
 
-    async def send(self, topic: str, *, key: bytes | None, value: bytes | None,
-                   partition: int | None) -> asyncio.Future[Any]:
-        self.sent.append((topic, key, value))
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *,
+                         partition: int) -> asyncio.Future[Any]:
+        self.sent.extend((topic, key, value) for key, value in batch.records)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future

@@ -128,7 +128,7 @@ are not printed in float notation.
 - name: MIN_INSYNC_REPLICAS
   value: {{ int64 $c.min_insync_replicas | quote }}
 - name: TICK_INTERVAL_S
-  value: {{ int64 $c.tick_interval_s | quote }}
+  value: {{ $c.tick_interval_s | quote }}
 - name: TICK_CATCHUP_MAX_S
   value: {{ int64 $c.tick_catchup_max_s | quote }}
 - name: COMMIT_INTERVAL_MS
