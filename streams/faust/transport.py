@@ -92,8 +92,9 @@ class PartitionTransaction:
     (awaited sends) or are held for the next transaction (buffered sends).
     """
 
-    def __init__(self, tp: TP, producer: Any, group_id: str) -> None:
+    def __init__(self, tp: TP, producer: Any, group_id: str, role: str = ROLE) -> None:
         self.tp = tp
+        self.role = role
         self.producer = producer
         self.group_id = group_id
         self.begun = False
@@ -284,7 +285,7 @@ class PartitionTransaction:
             self.begun = False
             with contextlib.suppress(Exception):
                 await self.producer.abort_transaction()
-            metrics.TRANSACTIONS.labels(ROLE, "aborted").inc()
+            metrics.TRANSACTIONS.labels(self.role, "aborted").inc()
 
     async def close(self) -> None:
         """Abort whatever is open and stop the producer (releasing the partition)."""
@@ -300,6 +301,8 @@ class PartitionTransaction:
 
 class TransactionManager(faust_consumer.TransactionManager):
     """faust's transaction manager, replaced: per source partition, not per destination."""
+
+    role = ROLE  # the label of its metrics and logs
 
     def __init__(self, transport: Any, *, consumer: Any, producer: Any,
                  **kwargs: Any) -> None:
@@ -336,22 +339,31 @@ class TransactionManager(faust_consumer.TransactionManager):
         if wanted:
             opened = await asyncio.gather(*(self._open(tp) for tp in wanted))
             self.transactions.update(zip(wanted, opened, strict=True))
-            metrics.PARTITIONS.labels(ROLE).set(len(self.transactions))
+            metrics.PARTITIONS.labels(self.role).set(len(self.transactions))
             log.info("transactional producers started", extra=fields(
-                role=ROLE, partitions=[f"{tp.topic}:{tp.partition}" for tp in wanted]))
+                role=self.role, partitions=[f"{tp.topic}:{tp.partition}" for tp in wanted]))
 
-    async def _open(self, tp: TP) -> PartitionTransaction:
+    def partition_producer(self, tp: TP) -> Any:
+        """The (not yet started) transactional producer of source partition ``tp``; a
+        subclass may build its own, with another transactional id."""
         owner = self.producer
         assert isinstance(owner, Producer), "the cronorch transport builds its own producer"
-        producer = owner.transactional_producer(transactional_id(self.app.conf.id, tp))
+        return owner.transactional_producer(transactional_id(self.app.conf.id, tp))
+
+    def on_committed(self, tp: TP, offset: int) -> None:
+        """Called once ``tp``'s transaction has committed with ``offset``: its outputs are
+        readable ``read_committed`` now."""
+
+    async def _open(self, tp: TP) -> PartitionTransaction:
+        producer = self.partition_producer(tp)
         await producer.start()  # InitProducerId: fences and aborts any previous owner of tp
-        return PartitionTransaction(tp, producer, self.app.conf.id)
+        return PartitionTransaction(tp, producer, self.app.conf.id, self.role)
 
     async def _release(self, tp: TP) -> None:
         txn = self.transactions.pop(tp, None)
         if txn is None:
             return
-        metrics.PARTITIONS.labels(ROLE).set(len(self.transactions))
+        metrics.PARTITIONS.labels(self.role).set(len(self.transactions))
         uncommitted = txn.uncommitted
         await txn.close()
         if uncommitted:
@@ -396,18 +408,21 @@ class TransactionManager(faust_consumer.TransactionManager):
                      start_new_transaction: bool = True) -> bool:
         if self.failure is not None:
             return False
+        # The partitions' transactions are independent: committed side by side, a commit
+        # costs one round of broker requests instead of one per partition.
+        work = [(txn, offset) for tp, offset in offsets.items()
+                if (txn := self.transactions.get(TP(tp.topic, tp.partition))) is not None]
+        results = await asyncio.gather(*(txn.commit(offset) for txn, offset in work),
+                                       return_exceptions=True)
         committed = False
-        for tp, offset in offsets.items():
-            txn = self.transactions.get(TP(tp.topic, tp.partition))
-            if txn is None:
-                continue
-            try:
-                if await txn.commit(offset):
-                    committed = True
-                    metrics.TRANSACTIONS.labels(ROLE, "committed").inc()
-            except BaseException as exc:
-                await self._fail(exc)
+        for (txn, offset), result in zip(work, results, strict=True):
+            if isinstance(result, BaseException):
+                await self._fail(result)
                 return False
+            if result:
+                committed = True
+                metrics.TRANSACTIONS.labels(self.role, "committed").inc()
+                self.on_committed(txn.tp, offset)
         return committed
 
     def on_ack(self) -> None:
@@ -422,11 +437,16 @@ class TransactionManager(faust_consumer.TransactionManager):
             # instead of holding the partition back until the commit interval elapses.
             self._kick = asyncio.ensure_future(self.consumer.commit())
 
+    async def fail(self, exc: BaseException) -> None:
+        """Abort every open transaction and crash the app: nothing is committed any more
+        in this process (an agent whose work cannot be trusted calls this)."""
+        await self._fail(exc)
+
     async def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
             self.failure = exc
             log.error("transaction failed: aborting and stopping", exc_info=exc,
-                      extra=fields(role=ROLE))
+                      extra=fields(role=self.role))
         for txn in self.transactions.values():
             await txn.abort()
         await self.app.crash(exc)

@@ -31,11 +31,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 
 from schemas import TaskDeleted, TaskSpawn, TaskUpserted, Tick, UserSettings
 from streams import codec
+from streams.errors import ConfigError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
 from streams.kafka.engine import (
@@ -229,18 +231,32 @@ class _Undo:
             state.user_tasks.get(self.user_id, set()).discard(self.key)
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit."""
+RUNTIMES = ("native", "faust")
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None, *,
+              runtime: str = "native") -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit.
+
+    ``runtime`` hosts the same handlers on this project's engine (``native``, the default:
+    faster) or as faust agents with the project's transactional layer (``faust``)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError("runtime", f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     stop = await lifecycle.start(settings, stop)
     partitions = await kafka.partition_count(settings, settings.topics.timeline)
     rekeyer = Rekeyer(settings, partitions)
     agent = TimelineAgent(settings)
+    engine: Any = Processor
+    if runtime == "faust":
+        from streams.faust import worker as faust_worker
+
+        engine = faust_worker.Processor
     processors = [
-        Processor(settings, "rekeyer", settings.topics.task_events, rekeyer),
-        Processor(settings, "timeline", settings.topics.timeline, agent),
+        engine(settings, "rekeyer", settings.topics.task_events, rekeyer),
+        engine(settings, "timeline", settings.topics.timeline, agent),
     ]
     started = time.monotonic()
-    log.info("worker started", extra=fields(timeline_partitions=partitions))
+    log.info("worker started", extra=fields(timeline_partitions=partitions, runtime=runtime))
 
     summary = lifecycle.every(
         30, lambda: _summary("worker summary", rekeyer, agent, started))

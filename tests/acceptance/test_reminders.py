@@ -22,7 +22,16 @@ from streams.kafka import client as kafka
 from streams.processes import tickproducer
 from streams.settings import Settings
 from tests.scenario import STEP, Scenario, build
-from tests.support import Proc, caught_up, committed_total, eventually, publish, read_json
+from tests.support import (
+    RUNTIMES,
+    Proc,
+    caught_up,
+    committed_total,
+    eventually,
+    publish,
+    read_json,
+    worker_args,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -73,9 +82,10 @@ async def _verify(settings: Settings, sc: Scenario, min_expected: int = 1000) ->
     assert any(n["late"] for n in got) and any(not n["late"] for n in got)
 
 
-def test_end_to_end_exact_set(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_end_to_end_exact_set(settings: Settings, tmp_path: Path, runtime: str) -> None:
     sc = build()
-    worker = Proc(settings, "worker", log=tmp_path / "worker.log").start()
+    worker = Proc(settings, *worker_args(runtime), log=tmp_path / "worker.log").start()
     try:
         asyncio.run(_drive(settings, sc))
         asyncio.run(_verify(settings, sc))
