@@ -17,7 +17,8 @@ Scenarios, each on its own topics (a fresh app id), against the local stack:
 - **memory**: optionally again at larger sizes (``--memory-n 1000000``).
 - **profile**: py-spy attached to a worker during ingest and during the burst (separate
   run, so sampling does not touch the figures above): flame graphs and ranked functions.
-- **faust**: the pipeline on ``worker --runtime faust`` when the CLI has that option.
+- **faust**: the pipeline (ingest, burst, memory) and the lateness again on ``worker
+  --runtime faust``, each as a ratio to the default runtime's figure of the same run.
 
 Results go to ``<dir>/results.json`` (default ``$CRONORCH_STATE_DIR/bench/<UTC time>``)
 with the logs and profiles beside it. The machine is shared and has two cores: read the
@@ -95,7 +96,8 @@ FIGURES = (
     "scale.*.workers", "scale.*.ingest_per_s", "scale.*.burst_per_s",
     "scale.*.ingest_ratio", "scale.*.burst_ratio",
     "profile.ingest.svg", "profile.burst.svg", "profile.ingest.self", "profile.burst.self",
-    "faust.available",
+    "faust.available", "faust.ingest_per_s", "faust.burst_per_s", "faust.ingest_ratio",
+    "faust.burst_ratio", "faust.lateness.p99_s",
 )
 
 
@@ -402,23 +404,24 @@ async def peer(run: Run, n: int) -> dict[str, Any]:
 
 # --- lateness under live ticks ----------------------------------------------------------------
 
-async def lateness(run: Run, rate: int, duration_s: float,
-                   ingest_per_s: float) -> dict[str, Any]:
-    settings = run.settings("lateness", tick_interval_s=1)
+async def lateness(run: Run, rate: int, duration_s: float, ingest_per_s: float, *,
+                   name: str = "lateness",
+                   worker_args: tuple[str, ...] = ("worker",)) -> dict[str, Any]:
+    settings = run.settings(name, tick_interval_s=1)
     await kafka.ensure_topics(settings)
-    log = WorkerLog(run.log("lateness-worker"))
-    worker = run.start(settings, "worker", log="lateness-worker")
-    ticker = run.start(settings, "tick", log="lateness-tick")
+    log = WorkerLog(run.log(f"{name}-worker"))
+    worker = run.start(settings, *worker_args, log=f"{name}-worker")
+    ticker = run.start(settings, "tick", log=f"{name}-tick")
     try:
         await poll_until(_async(lambda: stable([log], ROLES, settings.timeline_partitions)),
-                         60, "the lateness worker's assignment")
+                         60, f"the {name} worker's assignment")
         empty = {"rss_bytes": rss_bytes(pid_of(worker)), "startup": _startup(log)}
         fires = int(rate * duration_s)
         # Fires start once the events are surely planned (twice the measured ingest time).
         lead_s = 5 + 2 * fires / max(ingest_per_s, 500)
         now = datetime.now(UTC)
         first = now + timedelta(seconds=lead_s)
-        run.say(f"lateness: {fires} fires at {rate}/s from {first:%H:%M:%S}")
+        run.say(f"{name}: {fires} fires at {rate}/s from {first:%H:%M:%S}")
         await publish(settings, workload.steady_events(rate, duration_s, first, now))
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
                                     isolation_level="read_committed", fetch_max_wait_ms=20,
@@ -496,10 +499,40 @@ def _q(values: list[float], q: float) -> float:
 
 # --- faust ----------------------------------------------------------------------------------
 
+FAUST_WORKER = ("worker", "--runtime", "faust")
+
+
 def faust_runtime_available() -> bool:
     done = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--help"], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     return "--runtime" in done.stdout
+
+
+async def faust_rows(run: Run, doc: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline (ingest, burst, memory) and the lateness again on ``worker --runtime
+    faust``, each next to the same figure of the default runtime in this run."""
+    args = run.args
+    result = await pipeline(run, "faust", args.n, restore=False, worker_args=FAUST_WORKER)
+    rows: dict[str, Any] = {
+        "available": True, "n": args.n, "load_average": result["load_average"],
+        "ingest_per_s": result["ingest"]["per_s"], "burst_per_s": result["burst"]["per_s"],
+        "ingest_per_cpu_s": result["ingest"]["per_cpu_s"],
+        "burst_per_cpu_s": result["burst"]["per_cpu_s"],
+        "ingest_ratio": ratio(result["ingest"]["per_s"], get(doc, "pipeline.ingest.per_s")),
+        "burst_ratio": ratio(result["burst"]["per_s"], get(doc, "pipeline.burst.per_s")),
+        "burst_verified": result["burst"]["verified"],
+        "errors_logged": result["errors_logged"], "startup_s": result.get("startup")}
+    planned = result.get("rss_planned_bytes")
+    if planned is not None:
+        rows["bytes_per_task"] = round(planned / args.n)
+        rows["native_bytes_per_task"] = (
+            None if get(doc, "pipeline.rss_planned_bytes") is None
+            else round(get(doc, "pipeline.rss_planned_bytes") / args.n))
+    late = await lateness(run, args.rate, args.duration_s, result["ingest"]["per_s"] or 500,
+                          name="faust-lateness", worker_args=FAUST_WORKER)
+    late.pop("empty_worker", None)
+    rows["lateness"] = late
+    return rows
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -585,14 +618,7 @@ async def suite(run: Run) -> dict[str, Any]:
         await section(run, doc, "profile", lambda: _profile(run, n))
     if faust_runtime_available():
         async def faust() -> dict[str, Any]:
-            result = await pipeline(run, "faust", n, restore=False,
-                                    worker_args=("worker", "--runtime", "faust"))
-            return {"available": True, "ingest_per_s": result["ingest"]["per_s"],
-                    "burst_per_s": result["burst"]["per_s"],
-                    "ingest_ratio": ratio(result["ingest"]["per_s"],
-                                          get(doc, "pipeline.ingest.per_s")),
-                    "burst_ratio": ratio(result["burst"]["per_s"],
-                                         get(doc, "pipeline.burst.per_s"))}
+            return await faust_rows(run, doc)
 
         await section(run, doc, "faust", faust)
     else:
@@ -709,11 +735,21 @@ def table(doc: dict[str, Any]) -> str:
                      f"{x(f'scale.{i}.ingest_ratio')} / {x(f'scale.{i}.burst_ratio')}",
                      la(f"scale.{i}")))
     f = doc.get("faust") or {}
-    rows.append(("faust runtime", "-" if not f.get("available") else
+    rows.append(("faust runtime (--runtime faust)", "-" if not f.get("available") else
                  f"ingest {fmt(f.get('ingest_per_s'))}/s, burst {fmt(f.get('burst_per_s'))}/s",
-                 f.get("reason", "vs own engine"),
+                 f.get("reason", "vs native: ingest / burst"),
                  "" if not f.get("available")
-                 else f"{x('faust.ingest_ratio')} / {x('faust.burst_ratio')}", ""))
+                 else f"{x('faust.ingest_ratio')} / {x('faust.burst_ratio')}", la("faust")))
+    if f.get("available"):
+        rows.append(("  faust lateness, same load",
+                     f"p50 {fmt(get(doc, 'faust.lateness.p50_s'), '.2f')} s, "
+                     f"p99 {fmt(get(doc, 'faust.lateness.p99_s'), '.2f')} s, "
+                     f"max {fmt(get(doc, 'faust.lateness.max_s'), '.2f')} s",
+                     f"native p99 {fmt(get(doc, 'lateness.p99_s'), '.2f')} s",
+                     x("faust.lateness.p99_s"), la("faust.lateness")))
+        rows.append(("  faust memory, pending tasks",
+                     f"{fmt(f.get('bytes_per_task'))} B/task",
+                     f"native {fmt(f.get('native_bytes_per_task'))} B/task", "", ""))
     head = ("figure", "project", "compared with", "ratio", "load")
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -408,21 +408,19 @@ class TransactionManager(faust_consumer.TransactionManager):
                      start_new_transaction: bool = True) -> bool:
         if self.failure is not None:
             return False
-        # The partitions' transactions are independent: committed side by side, a commit
-        # costs one round of broker requests instead of one per partition.
-        work = [(txn, offset) for tp, offset in offsets.items()
-                if (txn := self.transactions.get(TP(tp.topic, tp.partition))) is not None]
-        results = await asyncio.gather(*(txn.commit(offset) for txn, offset in work),
-                                       return_exceptions=True)
         committed = False
-        for (txn, offset), result in zip(work, results, strict=True):
-            if isinstance(result, BaseException):
-                await self._fail(result)
+        for tp, offset in offsets.items():
+            txn = self.transactions.get(TP(tp.topic, tp.partition))
+            if txn is None:
+                continue
+            try:
+                if await txn.commit(offset):
+                    committed = True
+                    metrics.TRANSACTIONS.labels(self.role, "committed").inc()
+                    self.on_committed(txn.tp, offset)
+            except BaseException as exc:
+                await self._fail(exc)
                 return False
-            if result:
-                committed = True
-                metrics.TRANSACTIONS.labels(self.role, "committed").inc()
-                self.on_committed(txn.tp, offset)
         return committed
 
     def on_ack(self) -> None:

@@ -58,7 +58,7 @@ STOP_TIMEOUT_S = 20.0  # a faust app's stop commits what its agents finished: bo
 # faust commits on its own timer; the engine commits once per fetched batch, at most
 # ``commit_interval_ms`` apart. This is the closest faust knob, with a floor that keeps a
 # transaction per partition from costing more than the work it commits.
-MIN_COMMIT_INTERVAL_S = 0.1
+MIN_COMMIT_INTERVAL_S = 0.25
 COMMIT_EVERY = 2000  # events; the engine's largest batch
 
 

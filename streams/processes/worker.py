@@ -10,6 +10,8 @@
 
 Both are thin handlers for ``engine.Processor``: decode → apply → encode. The flow of a
 record is plain functions in ``state``/``planning``; nothing here decides when things fire.
+``run(runtime="faust")`` hosts the same handlers as faust agents instead
+(``streams.faust.worker.Processor``, the engine's twin on the cronorch:// transport).
 
 Per-record isolation: an error one record's content causes while it is decoded, applied or
 planned never leaves a handler. The record goes to the dead letters with a reason, what it
@@ -97,8 +99,9 @@ class TimelineAgent:
         self.settings = settings
         self.changelog_topic: str | None = settings.topics.state_changelog
         self.states: dict[int, PartitionState] = {}
-        # (kind, fire_at as epoch seconds) of the batch in flight, per partition: observed as
-        # lateness once the engine has committed it (``committed``), never before.
+        # (kind, fire_at as epoch seconds) of the batches in flight, per partition: observed
+        # as lateness once the engine has committed them (``committed``), never before. The
+        # faust runtime processes several batches (one event each) per transaction.
         self.fired: dict[int, list[tuple[str, float]]] = {}
         self.counts: Counter[str] = Counter()
 
@@ -164,7 +167,7 @@ class TimelineAgent:
                         error_class=type(exc).__name__))
                     self._reject(record, failure_reason(exc, "applying"), outputs, effects)
         topics = self.settings.topics
-        fired = self.fired[partition] = []
+        fired = self.fired.setdefault(partition, [])
         for out in effects.outputs:
             topic = topics.task_commands if isinstance(out, TaskSpawn) else topics.notifications
             outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
