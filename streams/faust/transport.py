@@ -25,9 +25,13 @@ that is safe to commit, table recovery — and this module owns the transactions
 - Events that faust's streams skip during a rebalance (stale generation, flow stopped)
   are acked by faust without being processed; here they stay uncommitted, so the offset
   never passes them and the seek after the rebalance delivers them again.
+- A revoke first stops the streams, waits for the events in flight and commits their
+  work, before faust forgets the revoked partitions' acks (after that nothing of theirs
+  could commit, and an event held back behind a deferred commit would wait for ever).
 - Any failure aborts the open transactions and crashes the app, and so does revoking a
-  partition with uncommitted work: faust's in-memory tables would otherwise keep changes
-  whose changelog was just aborted. The next owner restores them from the changelog.
+  partition with uncommitted work all the same: faust's in-memory tables would otherwise
+  keep changes whose changelog was just aborted. The next owner restores them from the
+  changelog.
 
 Requires agents that handle each partition's events in order (``concurrency=1``, faust's
 default) and ``stream_publish_on_commit=False`` (its default); both are checked at start.
@@ -497,6 +501,34 @@ class Consumer(faust_aiokafka.Consumer):
             raise ConfigError("processing_guarantee", "must be 'exactly_once' with the "
                               "cronorch transport")
         await super().on_start()
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # faust forgets the acks of revoked partitions first, and only then stops the
+        # streams, waits for the events in flight and commits: the work done since the
+        # last commit can never commit, so its transaction would be aborted and the app
+        # crashed; and an event held back behind a deferred commit waits for a commit
+        # that never comes, so the revoke never ends. Here the streams are stopped and
+        # drained, and their work committed, while faust still knows the acks.
+        if (self.app.in_transaction and not self.app.should_stop and self.assignment()
+                and isinstance(self.transactions, TransactionManager)
+                and self.transactions.failure is None):
+            manager = self.transactions
+            log.info("draining before the revoke", extra=fields(
+                role=manager.role, partitions=sorted(f"{tp.topic}:{tp.partition}"
+                                                     for tp in revoked)))
+            self.stop_flow()
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+            await self.wait_empty()
+            # wait_empty's last commit returns at once when another (the timer's, an
+            # ack's kick) is running, which may have read the offsets before the last
+            # acks: commit until the revoked partitions hold nothing uncommitted.
+            for _ in range(5):
+                txns = [manager.transactions.get(TP(tp.topic, tp.partition)) for tp in revoked]
+                if not any(txn is not None and txn.uncommitted for txn in txns):
+                    break
+                await self.commit()
+        await super().on_partitions_revoked(revoked)
 
     def ack(self, message: Message) -> bool:
         if self._skipped(message):

@@ -10,7 +10,8 @@ agent — on either. What it owns:
   same whichever runtime runs, and a worker can be switched from one runtime to the other
   on the same topics without losing its place. faust's assignor protocol differs from
   aiokafka's, so the broker refuses a group mixing both: switch by stopping one, then
-  starting the other.
+  starting the other. A refused faust member would wait forever; it exits instead when it
+  has not joined in ``JOIN_TIMEOUT_S`` (the engine's consumer raises at once).
 - **Transactions** through the ``cronorch://`` transport (``streams.faust.transport``), with
   the engine's per-partition producers: the same client settings and the same transactional
   ids (``<app>-<role>-<p>``), so either runtime fences what the other left open.
@@ -60,6 +61,11 @@ STOP_TIMEOUT_S = 20.0  # a faust app's stop commits what its agents finished: bo
 # transaction per partition from costing more than the work it commits.
 MIN_COMMIT_INTERVAL_S = 0.25
 COMMIT_EVERY = 2000  # events; the engine's largest batch
+# A member that has not completed a join by then is not going to: the broker refuses it
+# for good when the group's members use another assignor (the other runtime's workers),
+# and faust then waits forever. Exiting lets it be restarted and try again; a slow join
+# is bounded by the rebalance timeout, well below this.
+JOIN_TIMEOUT_S = 120.0
 
 
 class _Transactions(transport.TransactionManager):
@@ -180,13 +186,20 @@ class Processor:
             stopping = asyncio.ensure_future(stop.wait())
             ended = asyncio.ensure_future(app.wait_until_stopped())
             metrics.PROCESSOR_UP.labels(self.role).set(1)
+            loop = asyncio.get_running_loop()
+            join_by = loop.time() + JOIN_TIMEOUT_S
             try:
                 waiting = {starting, stopping, ended}
                 while not (stopping.done() or ended.done()):
-                    done, waiting = await asyncio.wait(waiting,
-                                                       return_when=asyncio.FIRST_COMPLETED)
+                    done, waiting = await asyncio.wait(
+                        waiting, timeout=None if self.joined else 1.0,
+                        return_when=asyncio.FIRST_COMPLETED)
                     if starting in done and starting.exception() is not None:
                         raise starting.exception()  # type: ignore[misc]
+                    if not self.joined and loop.time() > join_by:
+                        raise ComponentStopped(self.name, (
+                            f"did not join group {app.conf.id} in {JOIN_TIMEOUT_S:.0f} s "
+                            "(workers of the other runtime in the group?)"))
                 if app.crashed:
                     self.crashed = app.crash_reason or ComponentStopped(self.name, "crashed")
                     raise self.crashed
