@@ -83,7 +83,12 @@ class _Transactions(transport.TransactionManager):
                               settings.transactional_id(self.app.processor.role, tp.partition))
 
     def on_committed(self, tp: TP, offset: int) -> None:
-        self.app.processor.committed(tp.partition)
+        highwater: int | None = None
+        # Only for the lag metric: a partition the client no longer has (a revoke under
+        # way) must not turn a good commit into a failure.
+        with contextlib.suppress(Exception):
+            highwater = self.consumer.highwater(tp)
+        self.app.processor.committed(tp.partition, offset, highwater)
 
 
 class _Transport(transport.Transport):
@@ -289,13 +294,16 @@ class Processor:
             role=self.role, partition=p, changelog_records=len(entries),
             duration_s=round(time.monotonic() - started, 3)))
 
-    def committed(self, p: int) -> None:
-        """p's transaction committed: its outputs are readable ``read_committed`` now."""
+    def committed(self, p: int, offset: int, highwater: int | None) -> None:
+        """p's transaction committed up to ``offset``: its outputs are readable
+        ``read_committed`` now."""
         committed_at_s = time.time()
         on_commit = getattr(self.handler, "committed", None)
         if on_commit is not None:
             on_commit(p, committed_at_s)
         metrics.LAST_COMMIT.labels(self.role).set(committed_at_s)
+        if highwater is not None:  # the lag the "no commits while lagging" alert reads
+            metrics.CONSUMER_LAG.labels(self.role, str(p)).set(max(0, highwater - offset))
 
 
 __all__ = ["Processor"]
