@@ -20,7 +20,8 @@ Scenarios, each on its own topics (a fresh app id), against the local stack:
 - **memory**: optionally again at larger sizes (``--memory-n 1000000``).
 - **profile**: py-spy attached to a worker during ingest and during the burst (separate
   run, so sampling does not touch the figures above): flame graphs and ranked functions.
-- **faust**: the pipeline on ``worker --runtime faust`` when the CLI has that option.
+- **faust**: the pipeline (ingest, burst, memory) and the lateness again on ``worker
+  --runtime faust``, each as a ratio to the default runtime's figure of the same run.
 
 Results go to ``<dir>/results.json`` (default ``$CRONORCH_STATE_DIR/bench/<UTC time>``)
 with the logs and profiles beside it. The machine is shared and has two cores: read the
@@ -100,7 +101,8 @@ FIGURES = (
     "scale.*.workers", "scale.*.ingest_per_s", "scale.*.burst_per_s",
     "scale.*.ingest_ratio", "scale.*.burst_ratio",
     "profile.ingest.svg", "profile.burst.svg", "profile.ingest.self", "profile.burst.self",
-    "faust.available",
+    "faust.available", "faust.ingest_per_s", "faust.burst_per_s", "faust.ingest_ratio",
+    "faust.burst_ratio", "faust.lateness.p99_s",
 )
 FIGURES += archive_interference.FIGURES
 
@@ -409,15 +411,17 @@ async def peer(run: Run, n: int) -> dict[str, Any]:
 # --- lateness under live ticks ----------------------------------------------------------------
 
 async def lateness(run: Run, rate: int, duration_s: float, ingest_per_s: float,
-                   tick_interval_s: float = 1.0, name: str = "lateness") -> dict[str, Any]:
+                   tick_interval_s: float = 1.0, name: str = "lateness", *,
+                   worker_args: tuple[str, ...] = ("worker",),
+                   min_ingest_per_s: float = 500) -> dict[str, Any]:
     settings = run.settings(name, tick_interval_s=tick_interval_s)
     await kafka.ensure_topics(settings)
     log = WorkerLog(run.log(f"{name}-worker"))
-    worker = run.start(settings, "worker", log=f"{name}-worker")
+    worker = run.start(settings, *worker_args, log=f"{name}-worker")
     ticker = run.start(settings, "tick", log=f"{name}-tick")
     try:
         await poll_until(_async(lambda: stable([log], ROLES, settings.timeline_partitions)),
-                         60, "the lateness worker's assignment")
+                         60, f"the {name} worker's assignment")
         empty = {"rss_bytes": rss_bytes(pid_of(worker)), "startup": _startup(log)}
         # What the ticks alone cost an empty worker (a transaction per timeline partition
         # per tick): its CPU over a few idle seconds.
@@ -427,7 +431,7 @@ async def lateness(run: Run, rate: int, duration_s: float, ingest_per_s: float,
                       / (time.monotonic() - idle_from))
         fires = int(rate * duration_s)
         # Fires start once the events are surely planned (twice the measured ingest time).
-        lead_s = 5 + 2 * fires / max(ingest_per_s, 500)
+        lead_s = 5 + 2 * fires / max(ingest_per_s, min_ingest_per_s)
         now = datetime.now(UTC)
         first = now + timedelta(seconds=lead_s)
         run.say(f"{name}: {fires} fires at {rate}/s, {tick_interval_s} s ticks, "
@@ -510,10 +514,52 @@ def _q(values: list[float], q: float) -> float:
 
 # --- faust ----------------------------------------------------------------------------------
 
+FAUST_WORKER = ("worker", "--runtime", "faust")
+
+
 def faust_runtime_available() -> bool:
     done = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--help"], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     return "--runtime" in done.stdout
+
+
+async def faust_rows(run: Run, doc: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline (ingest, burst, memory) and the lateness again on ``worker --runtime
+    faust``, each next to the same figure of the default runtime in this run."""
+    args = run.args
+    result = await pipeline(run, "faust", args.n, restore=False, worker_args=FAUST_WORKER)
+    rows: dict[str, Any] = {
+        "available": True, "n": args.n, "load_average": result["load_average"],
+        "ingest_per_s": result["ingest"]["per_s"], "burst_per_s": result["burst"]["per_s"],
+        "ingest_per_cpu_s": result["ingest"]["per_cpu_s"],
+        "burst_per_cpu_s": result["burst"]["per_cpu_s"],
+        "ingest_ratio": ratio(result["ingest"]["per_s"], get(doc, "pipeline.ingest.per_s")),
+        "burst_ratio": ratio(result["burst"]["per_s"], get(doc, "pipeline.burst.per_s")),
+        "burst_verified": result["burst"]["verified"],
+        "errors_logged": result["errors_logged"], "startup_s": result.get("startup")}
+    planned = result.get("rss_planned_bytes")
+    if planned is not None:
+        rows["bytes_per_task"] = round(planned / args.n)
+        rows["native_bytes_per_task"] = (
+            None if get(doc, "pipeline.rss_planned_bytes") is None
+            else round(get(doc, "pipeline.rss_planned_bytes") / args.n))
+    doc["faust"] = rows  # kept if the lateness below fails
+
+    async def faust_lateness() -> dict[str, Any]:
+        # The same fire rate; the load is planned ahead at the faust runtime's own ingest
+        # rate (several times slower), so the run is shortened to ~10 s of its planning.
+        ingest_per_s = max(float(result["ingest"]["per_s"] or 100), 50.0)
+        duration_s = max(3.0, min(args.duration_s, 10 * ingest_per_s / args.rate))
+        late = await lateness(run, args.rate, duration_s, ingest_per_s,
+                              name="faust-lateness", worker_args=FAUST_WORKER,
+                              min_ingest_per_s=50)
+        late.pop("empty_worker", None)
+        return late
+
+    await section(run, rows, "lateness", faust_lateness)
+    if "failures" in rows:
+        doc.setdefault("failures", {})["faust.lateness"] = rows.pop("failures")["lateness"]
+    return rows
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -605,14 +651,7 @@ async def suite(run: Run) -> dict[str, Any]:
         await section(run, doc, "profile", lambda: _profile(run, n))
     if faust_runtime_available():
         async def faust() -> dict[str, Any]:
-            result = await pipeline(run, "faust", n, restore=False,
-                                    worker_args=("worker", "--runtime", "faust"))
-            return {"available": True, "ingest_per_s": result["ingest"]["per_s"],
-                    "burst_per_s": result["burst"]["per_s"],
-                    "ingest_ratio": ratio(result["ingest"]["per_s"],
-                                          get(doc, "pipeline.ingest.per_s")),
-                    "burst_ratio": ratio(result["burst"]["per_s"],
-                                         get(doc, "pipeline.burst.per_s"))}
+            return await faust_rows(run, doc)
 
         await section(run, doc, "faust", faust)
     else:
@@ -735,11 +774,21 @@ def table(doc: dict[str, Any]) -> str:
                      f"{x(f'scale.{i}.ingest_ratio')} / {x(f'scale.{i}.burst_ratio')}",
                      la(f"scale.{i}")))
     f = doc.get("faust") or {}
-    rows.append(("faust runtime", "-" if not f.get("available") else
+    rows.append(("faust runtime (--runtime faust)", "-" if not f.get("available") else
                  f"ingest {fmt(f.get('ingest_per_s'))}/s, burst {fmt(f.get('burst_per_s'))}/s",
-                 f.get("reason", "vs own engine"),
+                 f.get("reason", "vs native: ingest / burst"),
                  "" if not f.get("available")
-                 else f"{x('faust.ingest_ratio')} / {x('faust.burst_ratio')}", ""))
+                 else f"{x('faust.ingest_ratio')} / {x('faust.burst_ratio')}", la("faust")))
+    if f.get("available"):
+        rows.append(("  faust lateness, same load",
+                     f"p50 {fmt(get(doc, 'faust.lateness.p50_s'), '.2f')} s, "
+                     f"p99 {fmt(get(doc, 'faust.lateness.p99_s'), '.2f')} s, "
+                     f"max {fmt(get(doc, 'faust.lateness.max_s'), '.2f')} s",
+                     f"native p99 {fmt(get(doc, 'lateness.p99_s'), '.2f')} s",
+                     x("faust.lateness.p99_s"), la("faust.lateness")))
+        rows.append(("  faust memory, RSS / pending tasks (no baseline)",
+                     f"{fmt(f.get('bytes_per_task'))} B/task",
+                     f"native {fmt(f.get('native_bytes_per_task'))} B/task", "", ""))
     rows += archive_interference.table_rows(doc)
     head = ("figure", "project", "compared with", "ratio", "load")
     widths = [max(len(r[k]) for r in [head, *rows]) for k in range(5)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -26,7 +27,8 @@ def stack() -> devstack.Stack:
 @pytest.fixture
 def settings(stack: devstack.Stack, request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings with topics, groups and transactional ids of this test only."""
-    name = request.node.name.lower().replace("_", "-")[:40]
+    # A parametrized test's name has brackets, which topic names may not.
+    name = re.sub(r"[^a-z0-9.-]", "-", request.node.name.lower())[:40]
     settings = settings_for(f"t-{name}-{uuid.uuid4().hex[:6]}")
     asyncio.run(kafka.ensure_topics(settings))
     yield settings

@@ -113,6 +113,15 @@ async def read_json(settings: Settings, topic: str) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records if r.value is not None]
 
 
+# The worker's runtimes (``cronorch worker --runtime``): acceptance tests of the worker run
+# on both, since both host the same handlers and must write the same records.
+RUNTIMES = ("native", "faust")
+
+
+def worker_args(runtime: str) -> tuple[str, ...]:
+    return ("worker",) if runtime == "native" else ("worker", "--runtime", runtime)
+
+
 class Proc:
     """A ``cronorch`` subprocess with the test's settings; logs go to a file."""
 

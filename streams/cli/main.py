@@ -42,7 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     tick.add_argument("--step", type=console.tick_step, default=None,
                       help="seconds between ticks, e.g. 0.25 (default TICK_INTERVAL_S)")
 
-    sub.add_parser("worker", help="run the scheduling worker (re-keyer + timeline agent)")
+    worker = sub.add_parser("worker",
+                            help="run the scheduling worker (re-keyer + timeline agent)")
+    worker.add_argument(
+        "--runtime", choices=("native", "faust"), default="native",
+        help="native: this project's exactly-once engine on aiokafka (default, faster); "
+             "faust: the same handlers as faust-streaming agents on this project's "
+             "transactional layer (see README, 'Choosing a runtime')")
     backfill = sub.add_parser(
         "backfill", help="emit, exactly once, what should have fired in a window and is missing")
     backfill.add_argument("--from", dest="start", type=console.instant, required=True,
@@ -130,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
         from streams.processes import worker
 
-        asyncio.run(worker.run(settings))
+        asyncio.run(worker.run(settings, runtime=args.runtime))
         return 0
     if args.command == "backfill":
         from streams.processes import backfill

@@ -25,9 +25,13 @@ that is safe to commit, table recovery — and this module owns the transactions
 - Events that faust's streams skip during a rebalance (stale generation, flow stopped)
   are acked by faust without being processed; here they stay uncommitted, so the offset
   never passes them and the seek after the rebalance delivers them again.
+- A revoke first stops the streams, waits for the events in flight and commits their
+  work, before faust forgets the revoked partitions' acks (after that nothing of theirs
+  could commit, and an event held back behind a deferred commit would wait for ever).
 - Any failure aborts the open transactions and crashes the app, and so does revoking a
-  partition with uncommitted work: faust's in-memory tables would otherwise keep changes
-  whose changelog was just aborted. The next owner restores them from the changelog.
+  partition with uncommitted work all the same: faust's in-memory tables would otherwise
+  keep changes whose changelog was just aborted. The next owner restores them from the
+  changelog.
 
 Requires agents that handle each partition's events in order (``concurrency=1``, faust's
 default) and ``stream_publish_on_commit=False`` (its default); both are checked at start.
@@ -92,8 +96,9 @@ class PartitionTransaction:
     (awaited sends) or are held for the next transaction (buffered sends).
     """
 
-    def __init__(self, tp: TP, producer: Any, group_id: str) -> None:
+    def __init__(self, tp: TP, producer: Any, group_id: str, role: str = ROLE) -> None:
         self.tp = tp
+        self.role = role
         self.producer = producer
         self.group_id = group_id
         self.begun = False
@@ -284,7 +289,7 @@ class PartitionTransaction:
             self.begun = False
             with contextlib.suppress(Exception):
                 await self.producer.abort_transaction()
-            metrics.TRANSACTIONS.labels(ROLE, "aborted").inc()
+            metrics.TRANSACTIONS.labels(self.role, "aborted").inc()
 
     async def close(self) -> None:
         """Abort whatever is open and stop the producer (releasing the partition)."""
@@ -300,6 +305,8 @@ class PartitionTransaction:
 
 class TransactionManager(faust_consumer.TransactionManager):
     """faust's transaction manager, replaced: per source partition, not per destination."""
+
+    role = ROLE  # the label of its metrics and logs
 
     def __init__(self, transport: Any, *, consumer: Any, producer: Any,
                  **kwargs: Any) -> None:
@@ -336,22 +343,31 @@ class TransactionManager(faust_consumer.TransactionManager):
         if wanted:
             opened = await asyncio.gather(*(self._open(tp) for tp in wanted))
             self.transactions.update(zip(wanted, opened, strict=True))
-            metrics.PARTITIONS.labels(ROLE).set(len(self.transactions))
+            metrics.PARTITIONS.labels(self.role).set(len(self.transactions))
             log.info("transactional producers started", extra=fields(
-                role=ROLE, partitions=[f"{tp.topic}:{tp.partition}" for tp in wanted]))
+                role=self.role, partitions=[f"{tp.topic}:{tp.partition}" for tp in wanted]))
 
-    async def _open(self, tp: TP) -> PartitionTransaction:
+    def partition_producer(self, tp: TP) -> Any:
+        """The (not yet started) transactional producer of source partition ``tp``; a
+        subclass may build its own, with another transactional id."""
         owner = self.producer
         assert isinstance(owner, Producer), "the cronorch transport builds its own producer"
-        producer = owner.transactional_producer(transactional_id(self.app.conf.id, tp))
+        return owner.transactional_producer(transactional_id(self.app.conf.id, tp))
+
+    def on_committed(self, tp: TP, offset: int) -> None:
+        """Called once ``tp``'s transaction has committed with ``offset``: its outputs are
+        readable ``read_committed`` now."""
+
+    async def _open(self, tp: TP) -> PartitionTransaction:
+        producer = self.partition_producer(tp)
         await producer.start()  # InitProducerId: fences and aborts any previous owner of tp
-        return PartitionTransaction(tp, producer, self.app.conf.id)
+        return PartitionTransaction(tp, producer, self.app.conf.id, self.role)
 
     async def _release(self, tp: TP) -> None:
         txn = self.transactions.pop(tp, None)
         if txn is None:
             return
-        metrics.PARTITIONS.labels(ROLE).set(len(self.transactions))
+        metrics.PARTITIONS.labels(self.role).set(len(self.transactions))
         uncommitted = txn.uncommitted
         await txn.close()
         if uncommitted:
@@ -404,7 +420,8 @@ class TransactionManager(faust_consumer.TransactionManager):
             try:
                 if await txn.commit(offset):
                     committed = True
-                    metrics.TRANSACTIONS.labels(ROLE, "committed").inc()
+                    metrics.TRANSACTIONS.labels(self.role, "committed").inc()
+                    self.on_committed(txn.tp, offset)
             except BaseException as exc:
                 await self._fail(exc)
                 return False
@@ -422,11 +439,16 @@ class TransactionManager(faust_consumer.TransactionManager):
             # instead of holding the partition back until the commit interval elapses.
             self._kick = asyncio.ensure_future(self.consumer.commit())
 
+    async def fail(self, exc: BaseException) -> None:
+        """Abort every open transaction and crash the app: nothing is committed any more
+        in this process (an agent whose work cannot be trusted calls this)."""
+        await self._fail(exc)
+
     async def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
             self.failure = exc
             log.error("transaction failed: aborting and stopping", exc_info=exc,
-                      extra=fields(role=ROLE))
+                      extra=fields(role=self.role))
         for txn in self.transactions.values():
             await txn.abort()
         await self.app.crash(exc)
@@ -479,6 +501,34 @@ class Consumer(faust_aiokafka.Consumer):
             raise ConfigError("processing_guarantee", "must be 'exactly_once' with the "
                               "cronorch transport")
         await super().on_start()
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # faust forgets the acks of revoked partitions first, and only then stops the
+        # streams, waits for the events in flight and commits: the work done since the
+        # last commit can never commit, so its transaction would be aborted and the app
+        # crashed; and an event held back behind a deferred commit waits for a commit
+        # that never comes, so the revoke never ends. Here the streams are stopped and
+        # drained, and their work committed, while faust still knows the acks.
+        if (self.app.in_transaction and not self.app.should_stop and self.assignment()
+                and isinstance(self.transactions, TransactionManager)
+                and self.transactions.failure is None):
+            manager = self.transactions
+            log.info("draining before the revoke", extra=fields(
+                role=manager.role, partitions=sorted(f"{tp.topic}:{tp.partition}"
+                                                     for tp in revoked)))
+            self.stop_flow()
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+            await self.wait_empty()
+            # wait_empty's last commit returns at once when another (the timer's, an
+            # ack's kick) is running, which may have read the offsets before the last
+            # acks: commit until the revoked partitions hold nothing uncommitted.
+            for _ in range(5):
+                txns = [manager.transactions.get(TP(tp.topic, tp.partition)) for tp in revoked]
+                if not any(txn is not None and txn.uncommitted for txn in txns):
+                    break
+                await self.commit()
+        await super().on_partitions_revoked(revoked)
 
     def ack(self, message: Message) -> bool:
         if self._skipped(message):

@@ -10,6 +10,8 @@
 
 Both are thin handlers for ``engine.Processor``: decode → apply → encode. The flow of a
 record is plain functions in ``state``/``planning``; nothing here decides when things fire.
+``run(runtime="faust")`` hosts the same handlers as faust agents instead
+(``streams.faust.worker.Processor``, the engine's twin on the cronorch:// transport).
 
 Per-record isolation: an error one record's content causes while it is decoded, applied or
 planned never leaves a handler. The record goes to the dead letters with a reason, what it
@@ -31,11 +33,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 
 from schemas import TaskDeleted, TaskSpawn, TaskUpserted, Tick, UserSettings
 from streams import codec
+from streams.errors import ConfigError
 from streams.kafka import client as kafka
 from streams.kafka.client import Output, Record
 from streams.kafka.engine import (
@@ -103,8 +107,9 @@ class TimelineAgent:
         self.settings = settings
         self.changelog_topic: str | None = settings.topics.state_changelog
         self.states: dict[int, PartitionState] = {}
-        # (kind, fire_at as epoch seconds) of the batch in flight, per partition: observed as
-        # lateness once the engine has committed it (``committed``), never before.
+        # (kind, fire_at as epoch seconds) of the batches in flight, per partition: observed
+        # as lateness once the engine has committed them (``committed``), never before. The
+        # faust runtime processes several batches (one event each) per transaction.
         self.fired: dict[int, list[tuple[str, float]]] = {}
         self.counts: Counter[str] = Counter()
 
@@ -170,7 +175,7 @@ class TimelineAgent:
                         error_class=type(exc).__name__))
                     self._reject(record, failure_reason(exc, "applying"), outputs, effects)
         topics = self.settings.topics
-        fired = self.fired[partition] = []
+        fired = self.fired.setdefault(partition, [])
         kinds: Counter[str] = Counter()
         for out in effects.outputs:
             if isinstance(out, ReminderFired):  # built without pydantic (timeline.outputs)
@@ -244,18 +249,32 @@ class _Undo:
             state.user_tasks.get(self.user_id, set()).discard(self.key)
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit."""
+RUNTIMES = ("native", "faust")
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None, *,
+              runtime: str = "native") -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``); logs an execution summary every 30 s and at exit.
+
+    ``runtime`` hosts the same handlers on this project's engine (``native``, the default:
+    faster) or as faust agents with the project's transactional layer (``faust``)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError("runtime", f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     stop = await lifecycle.start(settings, stop)
     partitions = await kafka.partition_count(settings, settings.topics.timeline)
     rekeyer = Rekeyer(settings, partitions)
     agent = TimelineAgent(settings)
+    engine: Any = Processor
+    if runtime == "faust":
+        from streams.faust import worker as faust_worker
+
+        engine = faust_worker.Processor
     processors = [
-        Processor(settings, "rekeyer", settings.topics.task_events, rekeyer),
-        Processor(settings, "timeline", settings.topics.timeline, agent),
+        engine(settings, "rekeyer", settings.topics.task_events, rekeyer),
+        engine(settings, "timeline", settings.topics.timeline, agent),
     ]
     started = time.monotonic()
-    log.info("worker started", extra=fields(timeline_partitions=partitions))
+    log.info("worker started", extra=fields(timeline_partitions=partitions, runtime=runtime))
 
     summary = lifecycle.every(
         30, lambda: _summary("worker summary", rekeyer, agent, started))

@@ -209,6 +209,7 @@ def test_every_component_is_a_values_section_with_the_same_pod_settings() -> Non
         section = config[key]
         extra = {"enabled"} if name in OPTIONAL else set()
         extra |= {"pollIntervalS"} if name == "relay" else set()
+        extra |= {"runtime"} if name == "worker" else set()
         assert set(section) == keys | extra, name
         assert section.get("enabled", True) is True, name  # every component on by default
 
@@ -229,6 +230,24 @@ def test_relay_poll_interval_is_passed_to_the_cli(interval: str) -> None:
     (container,) = relay["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["relay", "--poll-interval-s"]
     assert _parser().parse_args(container["args"]).poll_interval_s == float(interval)
+
+
+@pytest.mark.parametrize(("runtime", "args"), [
+    ("native", ["worker"]), ("faust", ["worker", "--runtime", "faust"])])
+def test_worker_runtime_is_passed_to_the_cli(runtime: str, args: list[str]) -> None:
+    from streams.cli.main import _parser
+
+    docs = render("default", "--set", f"worker.runtime={runtime}")
+    worker = next(d for d in of_kind(docs, "Deployment") if component(d) == "worker")
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == args
+    assert _parser().parse_args(container["args"]).runtime == runtime
+
+
+def test_an_unknown_worker_runtime_is_refused() -> None:
+    proc = run_helm("template", "rel", str(CHART), "--set", "worker.runtime=kafka-streams")
+    assert proc.returncode != 0
+    assert "worker.runtime (kafka-streams) must be native or faust" in proc.stderr
 
 
 @pytest.mark.parametrize("interval", ["0", "-1"])
