@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -134,9 +137,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(tickproducer.run_live(settings, step))
         return 0
     if args.command == "worker":
+        from streams.kafka import engine
         from streams.processes import worker
 
-        asyncio.run(worker.run(settings, runtime=args.runtime))
+        try:
+            asyncio.run(worker.run(settings, runtime=args.runtime))
+        except BaseException:
+            if not engine.threads_running():
+                raise
+            traceback.print_exc()
+            _leave_now(1)
+        if engine.threads_running():
+            _leave_now(0)
         return 0
     if args.command == "backfill":
         from streams.processes import backfill
@@ -153,6 +165,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(demo.run(settings, users=args.users, follow_s=args.follow_s))
         return 0
     raise AssertionError(args.command)
+
+
+def _leave_now(code: int) -> None:
+    """End the process without the interpreter's finalization, which a restore thread still
+    running would turn into an abort (``streams.kafka.engine.threads_running``): its work is
+    uncommitted state that the partition's next owner restores again anyway."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -575,6 +575,19 @@ async def _abort_quietly(producer: Any) -> None:
         await asyncio.wait_for(producer.abort_transaction(), CLOSE_TIMEOUT_S)
 
 
+_THREADS: set[threading.Thread] = set()
+
+
+def threads_running() -> bool:
+    """True while a restore thread (``_in_thread``) is still alive.
+
+    Such a daemon thread must not meet the interpreter's finalization: a daemon thread that
+    wants the GIL back then is ended by a forced unwind, and one inside Rust code (orjson,
+    pydantic-core) turns that into an abort ("FATAL: exception not rethrown", exit -6). A
+    process that stops while one runs leaves with ``os._exit`` instead (``streams.cli``)."""
+    return any(thread.is_alive() for thread in _THREADS)
+
+
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a daemon thread: unlike ``asyncio.to_thread`` (the default executor,
     joined at exit), a restore still running does not hold up the end of the process."""
@@ -596,6 +609,9 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
             result, exc = None, caught
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
             loop.call_soon_threadsafe(settle, result, exc)
+        _THREADS.discard(threading.current_thread())
 
-    threading.Thread(target=work, name="restore", daemon=True).start()
+    thread = threading.Thread(target=work, name="restore", daemon=True)
+    _THREADS.add(thread)
+    thread.start()
     return await future
