@@ -67,6 +67,7 @@ from bench.harness import (
 )
 from streams.jobs import registry
 from streams.kafka import client as kafka
+from streams.postgres.connector import Connector
 from streams.processes import jobrunner
 from streams.settings import Settings
 from tests.support import ROOT, env_for, publish
@@ -450,6 +451,11 @@ async def measure(run: Run, args: argparse.Namespace, ingest_per_s: float) -> di
     try:
         run.say(f"archive: seeding {rows:,} completed tasks")
         seeded = time.monotonic()
+        connector = await Connector.connect(url)  # the schema as the job runner expects it
+        try:
+            await connector.migrate()
+        finally:
+            await connector.close()
         await seed(url, prefix, rows, datetime.now(UTC))
         result["seed_s"] = round(time.monotonic() - seeded, 1)
 

@@ -33,7 +33,8 @@ from tests.support import ROOT, eventually
 
 pytestmark = pytest.mark.kafka
 RECORDS = 8000
-CRONORCH_RECORDS = 48000  # our engine is faster (batched sends): a longer backlog keeps ≥5 kills in flight
+# Our engine is faster (batched sends): a longer backlog keeps ≥5 kills in flight.
+CRONORCH_RECORDS = 48000
 FANOUT = 50
 FAUST_EOS_RECORDS = 6000
 FAUST_EOS_FANOUT = 10

@@ -151,7 +151,7 @@ def test_sigterm_during_restore_and_reset_loop(settings: Settings, stack: devsta
 
 def test_sigterm_during_batches(settings: Settings, tmp_path: Path) -> None:
     events = [changelog.upserted(p, i).model_dump(mode="json")
-              for p in range(4) for i in range(5_000)]
+              for p in range(4) for i in range(20_000)]  # 5,000 were done between two polls
     asyncio.run(publish(settings, events))
     log = tmp_path / "worker.log"
     worker = Proc(settings, "worker", log=log).start()
