@@ -57,10 +57,10 @@ from bench.harness import (
     Offsets,
     StackCpu,
     WorkerLog,
-    caught_up,
     cpu_seconds,
     load_average,
     pid_of,
+    planned,
     poll_until,
     stable,
     stop,
@@ -385,7 +385,7 @@ async def window(run: Run, name: str, rate: int, window_s: float, ingest_per_s: 
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         await offsets.start()
-        planned_at = await _planned(settings, offsets, fires, lead_s + 60)
+        planned_at = await planned(settings, offsets, fires, lead_s + 60)
         if archive is not None:
             await archive.ready()
         gauges = Gauges({"worker": pid_of(worker), "tick": pid_of(ticker)}, run.stack, archive)
@@ -405,19 +405,6 @@ async def window(run: Run, name: str, rate: int, window_s: float, ingest_per_s: 
             "window": [round(first.timestamp(), 3), round(first.timestamp() + window_s, 3)],
             "machine": end.since(start), "load_average": load_average(),
             "arrivals": arrivals}
-
-
-async def _planned(settings: Settings, offsets: Offsets, n: int, timeout_s: float) -> float:
-    """When the worker has re-keyed the n events and planned them (as the suite's)."""
-    t = settings.topics
-
-    async def done() -> bool:
-        if sum(await offsets.committed("rekeyer", t.task_events)) < n:
-            return False
-        return caught_up(await offsets.end(t.timeline),
-                         await offsets.committed("timeline", t.timeline), True)
-
-    return await poll_until(done, timeout_s, "the archive scenario's events to be planned")
 
 
 def _check(condition: Any) -> Any:

@@ -152,6 +152,20 @@ def caught_up(ends: list[int], committed: list[int], transactional: bool) -> boo
     return all(e - c <= slack for e, c in zip(ends, committed, strict=True))
 
 
+async def planned(settings: Settings, offsets: Offsets, n: int, timeout_s: float) -> float:
+    """When the worker has re-keyed the first ``n`` task events and planned them: every
+    re-keyed event committed, the timeline caught up (ticks may keep coming)."""
+    t = settings.topics
+
+    async def done() -> bool:
+        if sum(await offsets.committed("rekeyer", t.task_events)) < n:
+            return False
+        return caught_up(await offsets.end(t.timeline),
+                         await offsets.committed("timeline", t.timeline), True)
+
+    return await poll_until(done, timeout_s, f"{n} task events to be planned")
+
+
 @dataclass
 class Flow:
     """Two chained hops, as the worker has them: ``first`` reads ``source`` into ``middle``,

@@ -63,6 +63,7 @@ from bench.harness import (
     load_average,
     measure_flow,
     pid_of,
+    planned,
     poll_until,
     rss_bytes,
     settled_at,
@@ -449,7 +450,7 @@ async def lateness(run: Run, rate: int, duration_s: float, ingest_per_s: float,
             offsets = Offsets(settings)
             await offsets.start()
             try:
-                planned_at = await _planned(settings, offsets, fires, lead_s + 60)
+                planned_at = await planned(settings, offsets, fires, lead_s + 60)
             finally:
                 await offsets.close()
             headroom_s = first.timestamp() - planned_at
@@ -489,19 +490,6 @@ async def _collect(consumer: AIOKafkaConsumer, fires: int,
                 late.append(arrived - _epoch(doc["fire_at"]))
                 processing.append(arrived - _epoch(doc["tick_at"]))
     return late, processing
-
-
-async def _planned(settings: Settings, offsets: Offsets, n: int, timeout_s: float) -> float:
-    """When the worker has re-keyed the n events and planned them (ticks keep coming)."""
-    t = settings.topics
-
-    async def done() -> bool:
-        if sum(await offsets.committed("rekeyer", t.task_events)) < n:
-            return False
-        return caught_up(await offsets.end(t.timeline),
-                         await offsets.committed("timeline", t.timeline), True)
-
-    return await poll_until(done, timeout_s, "the lateness events to be planned")
 
 
 def _epoch(text: str) -> float:
