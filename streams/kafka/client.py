@@ -3,6 +3,11 @@
 Nothing above this module names an aiokafka type except the engine, which receives
 records as ``Record`` values. Producers are transactional and idempotent; consumers read
 ``read_committed`` and never auto-commit.
+
+Over 400 lines on purpose: it is the one place aiokafka is named (so processes never catch
+its errors), and the pieces that need its types — client factories, the error translation,
+batched sends with aiokafka's partitioner, bounded reads — would otherwise leak them into
+several modules.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -439,6 +444,22 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 @functools.lru_cache(maxsize=16_384)
 def _key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of ``key`` in a topic of ``partitions`` partitions, as Kafka's default
+    partitioner picks it (murmur2 of the key bytes, positive, modulo the count)."""
+    return _key_hash(key) % partitions
+
+
+def bulk_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """A plain (non-transactional) producer with ``options``: for loading test and benchmark
+    data fast, never for the pipeline's own outputs."""
+    return AIOKafkaProducer(**connection(settings), **options)
+
+
+# Processes that hold a group lease (the tick producer) subclass this, not aiokafka's name.
+RebalanceListener = ConsumerRebalanceListener
 
 
 def default_partition(key: bytes | None, partitions: list[int]) -> int:

@@ -31,6 +31,11 @@ long restore would cost the member its session, and a cancellation raised there 
 group coordinator for good (docs/exactly-once.md, "Restores and the group"). A restore
 that fails other than transiently, or a consumer that fails, ends ``run`` with the error:
 the process exits non-zero and is restarted.
+
+Over 400 lines on purpose: the loop, the restore off the rebalance listener, the
+per-partition reset with backoff and the side-by-side transactions share one
+partition lifecycle (producers, next offsets, restores in flight) that a split would have
+to pass around.
 """
 
 from __future__ import annotations

@@ -24,8 +24,6 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import ConsumerRebalanceListener
-
 from schemas import Tick
 from streams import codec
 from streams.errors import Fenced, InvalidEvent
@@ -149,7 +147,7 @@ async def publish_range(settings: Settings, start: datetime, end: datetime,
     return count
 
 
-class Lease(ConsumerRebalanceListener):  # type: ignore[misc]
+class Lease(kafka.RebalanceListener):  # type: ignore[misc]
     """Leadership among live tick producers, held through Kafka's group protocol.
 
     Every live producer joins the group ``<app>-tick`` on ``scheduler.ticks`` (one

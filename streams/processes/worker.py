@@ -35,8 +35,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from schemas import TaskDeleted, TaskSpawn, TaskUpserted, Tick, UserSettings
 from streams import codec
 from streams.errors import ConfigError
@@ -58,11 +56,6 @@ from streams.timeline.outputs import ReminderFired
 from streams.timeline.state import Effects, PartitionState
 
 log = logging.getLogger("cronorch.worker")
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for ``key`` (murmur2, positive)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Rekeyer:
@@ -94,7 +87,7 @@ class Rekeyer:
             if target is None:
                 if len(self.partition_of) >= 16_384:  # about 2 MB at most
                     self.partition_of.clear()
-                target = self.partition_of[key] = partition_for(key, self.partitions)
+                target = self.partition_of[key] = kafka.partition_for(key, self.partitions)
             outputs.append(Output(self.settings.topics.timeline, key, record.value, target))
             self.counts["rekeyed"] += 1
         return outputs

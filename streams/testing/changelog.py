@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import AIOKafkaProducer
-
 from schemas import Task, TaskUpserted
 from streams.kafka import client as kafka
 from streams.settings import Settings
@@ -50,8 +48,8 @@ def entries(partition: int, tasks: int, *, chunk: int = 10_000) -> Iterator[tupl
 
 async def write(settings: Settings, partition: int, tasks: int) -> int:
     """Append the changelog of ``tasks`` pending tasks to ``partition``; return the records."""
-    producer = AIOKafkaProducer(**kafka.connection(settings), linger_ms=20,
-                                max_batch_size=256 * 1024, acks="all")
+    producer = kafka.bulk_producer(settings, linger_ms=20, max_batch_size=256 * 1024,
+                                   acks="all")
     await producer.start()
     count = 0
     try:

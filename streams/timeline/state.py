@@ -14,6 +14,11 @@ shrinks to a version marker that rejects stale upserts for ``retention_s`` of lo
 watermark), then leaves the state and the changelog (a tombstone); fired reminder instants
 older than the reminder catch-up window are dropped when a version is applied, since a tick
 can no longer emit them.
+
+Over 400 lines on purpose: applying events, the due index, firing and retention all
+mutate the same per-partition structures under one invariant (what is pending is what the
+plan holds minus what the watermark and ``fired`` imply); the changelog bytes and the
+records' encoding already live apart (``changelog``, ``record``, ``outputs``).
 """
 
 from __future__ import annotations
