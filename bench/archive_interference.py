@@ -370,7 +370,8 @@ async def window(run: Run, name: str, rate: int, window_s: float, ingest_per_s: 
                                 enable_auto_commit=False)
     offsets = Offsets(settings)
     try:
-        await poll_until(_check(lambda: stable([log], ROLES, settings.timeline_partitions)),
+        await poll_until(_check(lambda: stable([log], ROLES, settings.timeline_partitions,
+                                                restored=True)),
                          60, f"the {name} worker's assignment")
         fires = int(rate * window_s)
         lead_s = 5 + 2 * fires / max(ingest_per_s, 500)  # as the suite's lateness

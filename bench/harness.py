@@ -260,6 +260,7 @@ class WorkerLog:
     # role → the last "partition restored" (restores run after the assignment, off the
     # rebalance listener: the assignment alone says nothing of the restore's end)
     restored_at: dict[str, float] = field(default_factory=dict)
+    restored: dict[str, set[int]] = field(default_factory=dict)  # held and restored since
     holds: dict[str, set[int]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -279,30 +280,45 @@ class WorkerLog:
                 fresh.started_at = _ts(doc["ts"])
             elif event == "partitions assigned" and role:
                 fresh.holds.setdefault(role, set()).update(doc["partitions"])
+                fresh.restored.setdefault(role, set()).difference_update(doc["partitions"])
                 fresh.assigned_at[role] = _ts(doc["ts"])
             elif event == "partition restored" and role:
+                fresh.restored.setdefault(role, set()).add(doc["partition"])
                 fresh.restored_at[role] = _ts(doc["ts"])
             elif event == "partitions revoked" and role:
                 fresh.joining_at.setdefault(role, _ts(doc["ts"]))
                 fresh.holds.setdefault(role, set()).difference_update(doc["partitions"])
+                fresh.restored.setdefault(role, set()).difference_update(doc["partitions"])
             if doc.get("level") in ("error", "critical"):
                 fresh.errors[str(doc.get("event"))] += 1
         return fresh
 
 
-def stable(logs: list[WorkerLog], roles: tuple[str, ...], partitions: int) -> bool:
-    """Every worker holds part of every role and together they hold each partition once."""
-    return settled_at(logs, roles, partitions) is not None
+def stable(logs: list[WorkerLog], roles: tuple[str, ...], partitions: int, *,
+           restored: bool = False) -> bool:
+    """Every worker holds part of every role and together they hold each partition once
+    (and, with ``restored``, has restored each partition it holds)."""
+    return settled_at(logs, roles, partitions, restored=restored) is not None
 
 
-def settled_at(logs: list[WorkerLog], roles: tuple[str, ...], partitions: int) -> float | None:
-    """When the last assignment that made the processes ``stable`` was logged, or None."""
+def settled_at(logs: list[WorkerLog], roles: tuple[str, ...], partitions: int, *,
+               restored: bool = False) -> float | None:
+    """When the last assignment that made the processes ``stable`` was logged, or None.
+
+    With ``restored`` (the project's workers: each partition is restored after its
+    assignment, off the rebalance listener, and logs "partition restored"), when the last
+    held partition was restored: until then a partition is paused and processes nothing."""
     current = [log.read() for log in logs]
     for role in roles:
         held = [w.holds.get(role, set()) for w in current]
         if not all(held) or sum(len(h) for h in held) != partitions \
                 or set().union(*held) != set(range(partitions)):
             return None
+        if restored and any(not h <= w.restored.get(role, set())
+                            for w, h in zip(current, held, strict=True)):
+            return None
+    if restored:
+        return max(w.restored_at[role] for w in current for role in roles)
     return max(w.assigned_at[role] for w in current for role in roles)
 
 
