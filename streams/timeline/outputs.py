@@ -18,13 +18,14 @@ from typing import Any, ClassVar, Literal
 import orjson
 
 from schemas import AtReminder, BeforeReminder, ReminderDue
-from streams.timecore.instants import format_instant
 
 
 @dataclass(frozen=True, slots=True)
 class ReminderFired:
-    """One ``reminder.due``; ``fire_text`` and ``tick_text`` are ``fire_at`` and ``tick_at``
-    in their wire form (formatted once per distinct instant of a tick)."""
+    """One ``reminder.due``; ``fire_text``, ``tick_text``, ``due_text`` and ``at_text`` are
+    ``fire_at``, ``tick_at``, ``due_at`` and an "at" reminder's instant (None for a
+    "before" reminder) in their wire form, formatted once per distinct instant of a tick:
+    formatting was a fifth of a burst's CPU when done per fire."""
 
     type: ClassVar[Literal["reminder.due"]] = "reminder.due"
     notification_id: str
@@ -39,6 +40,8 @@ class ReminderFired:
     late: bool
     fire_text: str
     tick_text: str
+    due_text: str
+    at_text: str | None
 
     def wire(self) -> bytes:
         """The record's value: the bytes of ``codec.dumps(self.model())``, key for key."""
@@ -46,12 +49,12 @@ class ReminderFired:
         if isinstance(self.reminder, BeforeReminder):
             reminder = {"before_minutes": self.reminder.before_minutes}
         else:
-            reminder = {"at": format_instant(self.reminder.at)}
+            reminder = {"at": self.at_text}
         return orjson.dumps({
             "type": "reminder.due", "notification_id": self.notification_id,
             "user_id": self.user_id, "task_id": self.task_id,
             "task_version": self.task_version, "title": self.title,
-            "due_at": format_instant(self.due_at), "reminder": reminder,
+            "due_at": self.due_text, "reminder": reminder,
             "fire_at": self.fire_text, "tick_at": self.tick_text, "late": self.late,
         })
 

@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from schemas import (
+    AtReminder,
     DigestDaily,
     Occurrence,
     SpawnTemplate,
@@ -267,19 +268,27 @@ class DueIndex:
 
 class _Texts:
     """The instants of one tick as text, each formatted once: a burst fires many reminders
-    on few distinct instants."""
+    on few distinct instants (fire instants, and the due instants of tasks due together)."""
 
     def __init__(self, tick_at: datetime) -> None:
         self.tick_at = tick_at
         self.tick_text = format_instant(tick_at)
-        self._texts: dict[datetime, tuple[str, str]] = {}
+        self._ids: dict[datetime, str] = {}
+        self._wire: dict[datetime, str] = {}
 
-    def of(self, at: datetime) -> tuple[str, str]:
-        """(wire form, id form: ``planning.instant_key``) of ``at``."""
-        texts = self._texts.get(at)
-        if texts is None:
-            texts = self._texts[at] = (format_instant(at), format_seconds(at))
-        return texts
+    def wire(self, at: datetime) -> str:
+        """``at``'s wire form (``format_instant``)."""
+        text = self._wire.get(at)
+        if text is None:
+            text = self._wire[at] = format_instant(at)
+        return text
+
+    def key(self, at: datetime) -> str:
+        """``at``'s form in ids (``planning.instant_key``)."""
+        text = self._ids.get(at)
+        if text is None:
+            text = self._ids[at] = format_seconds(at)
+        return text
 
 
 SPAWN_CATCHUP_S = 7 * 24 * 3600
@@ -481,14 +490,16 @@ class PartitionState:
                 effects.counts["missed"] += 1
                 continue
             assert task.due_at is not None
-            wire_at, key_at = texts.of(fire_at)
+            reminder = fire.reminder
             effects.outputs.append(ReminderFired(
                 notification_id=notification_id(
-                    "reminder.due", state.user_id, state.task_id, key_at),
+                    "reminder.due", state.user_id, state.task_id, texts.key(fire_at)),
                 user_id=state.user_id, task_id=state.task_id, task_version=task.version,
-                title=task.title, due_at=task.due_at, reminder=fire.reminder,
+                title=task.title, due_at=task.due_at, reminder=reminder,
                 fire_at=fire_at, tick_at=tick_at, late=verdict is Timeliness.LATE,
-                fire_text=wire_at, tick_text=texts.tick_text,
+                fire_text=texts.wire(fire_at), tick_text=texts.tick_text,
+                due_text=texts.wire(task.due_at),
+                at_text=texts.wire(reminder.at) if isinstance(reminder, AtReminder) else None,
             ))
             effects.counts["notified"] += 1
 

@@ -31,7 +31,8 @@ def test_wire_bytes_are_the_models(notification_id: str, user_id: str, task_id: 
         notification_id=notification_id, user_id=user_id, task_id=task_id,
         task_version=version, title=title, due_at=due_at, reminder=reminder, fire_at=fire_at,
         tick_at=tick_at, late=late, fire_text=format_instant(fire_at),
-        tick_text=format_instant(tick_at))
+        tick_text=format_instant(tick_at), due_text=format_instant(due_at),
+        at_text=format_instant(reminder.at) if isinstance(reminder, AtReminder) else None)
     validated = ReminderDue(
         notification_id=notification_id, user_id=user_id, task_id=task_id,
         task_version=version, title=title, due_at=due_at, reminder=reminder, fire_at=fire_at,
