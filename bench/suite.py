@@ -108,6 +108,29 @@ FIGURES = (
 FIGURES += archive_interference.FIGURES
 
 
+# ``--only``: the scenarios, and the sections of results.json each one's figures are in.
+SECTIONS = ("pipeline", "lateness", "archive", "memory", "scale", "profile", "faust")
+_FIGURES_OF = {"burst": "pipeline", "ingest": "pipeline", "lateness": "lateness",
+               "lateness_fine": "lateness", "archive": "archive", "memory": "memory",
+               "scale": "scale", "profile": "profile", "faust": "faust"}
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}; choose from {', '.join(SECTIONS)}")
+    return chosen
+
+
+def required_figures(only: Iterable[str], profile: bool = True) -> list[str]:
+    """The figures a run of the scenarios ``only`` must produce."""
+    wanted = set(only) - ({"profile"} if not profile else set())
+    return [f for f in FIGURES
+            if _FIGURES_OF.get(f.split(".")[0], "meta") in wanted | {"meta"}]
+
+
 def missing_figures(doc: Any, paths: Iterable[str] = FIGURES) -> list[str]:
     """The figures of ``paths`` that ``doc`` lacks (or holds as null)."""
 
@@ -594,7 +617,9 @@ async def suite(run: Run) -> dict[str, Any]:
         "load_average_start": load_average(), "out": str(run.out),
         "timeline_partitions": run.base.timeline_partitions},
         "reference_main": REFERENCE_MAIN}
-    await section(run, doc, "pipeline", lambda: pipeline(run, "pipeline", n))
+    want = args.only
+    if "pipeline" in want:
+        await section(run, doc, "pipeline", lambda: pipeline(run, "pipeline", n))
 
     async def ingest() -> dict[str, Any]:
         ceil = await ceiling(run, n)
@@ -608,20 +633,26 @@ async def suite(run: Run) -> dict[str, Any]:
                 "ratio": ratio(get(doc, "pipeline.burst.per_s"), poll["per_s"]),
                 "cpu_ratio": ratio(get(doc, "pipeline.burst.per_cpu_s"), poll["per_cpu_s"])}
 
-    await section(run, doc, "ingest", ingest)
-    await section(run, doc, "burst", burst)
-    await section(run, doc, "lateness", lambda: lateness(
-        run, args.rate, args.duration_s, get(doc, "pipeline.ingest.per_s") or 2000))
-    empty = (doc.get("lateness") or {}).pop("empty_worker", None)
-    await section(run, doc, "lateness_fine", lambda: lateness(
-        run, args.rate, args.duration_s, get(doc, "pipeline.ingest.per_s") or 2000,
-        args.fine_tick_s, "lateness-fine"))
-    (doc.get("lateness_fine") or {}).pop("empty_worker", None)
-    await section(run, doc, "archive", lambda: archive_interference.measure(
-        run, args, get(doc, "pipeline.ingest.per_s") or 2000))
+    if "pipeline" in want:
+        await section(run, doc, "ingest", ingest)
+        await section(run, doc, "burst", burst)
+    empty = None
+    if "lateness" in want or "memory" in want:  # memory: the empty worker is the baseline
+        await section(run, doc, "lateness", lambda: lateness(
+            run, args.rate, args.duration_s, get(doc, "pipeline.ingest.per_s") or 2000))
+        empty = (doc.get("lateness") or {}).pop("empty_worker", None)
+    if "lateness" in want:
+        await section(run, doc, "lateness_fine", lambda: lateness(
+            run, args.rate, args.duration_s, get(doc, "pipeline.ingest.per_s") or 2000,
+            args.fine_tick_s, "lateness-fine"))
+        (doc.get("lateness_fine") or {}).pop("empty_worker", None)
+    if "archive" in want:
+        await section(run, doc, "archive", lambda: archive_interference.measure(
+            run, args, get(doc, "pipeline.ingest.per_s") or 2000))
 
     async def memory() -> list[dict[str, Any]]:
-        sizes: list[dict[str, Any]] = [_memory(doc["pipeline"], empty)]
+        sizes: list[dict[str, Any]] = ([_memory(doc["pipeline"], empty)]
+                                       if "pipeline" in doc else [])
         for size in args.memory_n:
             extra: dict[str, Any] = {}
             if await section(run, extra, "memory", lambda size=size: pipeline(
@@ -631,9 +662,10 @@ async def suite(run: Run) -> dict[str, Any]:
                 sizes.append({"tasks": size, "error": extra["failures"]["memory"]})
         return sizes
 
-    await section(run, doc, "memory", memory)
+    if "memory" in want:
+        await section(run, doc, "memory", memory)
     doc["scale"] = []
-    for workers in args.scale:
+    for workers in args.scale if "scale" in want else ():
         entry: dict[str, Any] = {}
         if workers == 1:
             await section(run, entry, "scale", _async_value(lambda: _scale(doc["pipeline"],
@@ -643,9 +675,11 @@ async def suite(run: Run) -> dict[str, Any]:
                 run, n, workers, doc["pipeline"]))
         doc["scale"].append(entry.get("scale") or {
             "workers": workers, "error": entry.get("failures", {}).get("scale")})
-    if args.profile:
+    if args.profile and "profile" in want:
         await section(run, doc, "profile", lambda: _profile(run, n))
-    if faust_runtime_available():
+    if "faust" not in want:
+        pass
+    elif faust_runtime_available():
         async def faust() -> dict[str, Any]:
             return await faust_rows(run, doc)
 
@@ -828,6 +862,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="tiny sizes: proves the suite runs (CI), measures nothing")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default $CRONORCH_STATE_DIR/bench/<time>)")
+    parser.add_argument("--only", type=_sections, default=SECTIONS,
+                        help="scenarios to run, comma-separated, of: " + ",".join(SECTIONS)
+                        + " (default all; memory also runs the lateness scenario's empty "
+                        "worker, its baseline; only their figures are then required)")
     parser.add_argument("--keep-topics", action="store_true",
                         help="leave the run's topics on the broker")
     archive_interference.add_arguments(parser)
@@ -858,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
     (run.out / "results.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     print(table(doc))
     print(f"results: {run.out / 'results.json'}")
-    missing = missing_figures(doc)
+    missing = missing_figures(doc, required_figures(args.only, args.profile))
     if missing:
         print(f"missing figures: {', '.join(missing)}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from schemas import TaskDeleted, TaskSpawn, TaskUpserted, Tick, UserSettings
@@ -100,10 +101,11 @@ class TimelineAgent:
         self.settings = settings
         self.changelog_topic: str | None = settings.topics.state_changelog
         self.states: dict[int, PartitionState] = {}
-        # (kind, fire_at as epoch seconds) of the batches in flight, per partition: observed
-        # as lateness once the engine has committed them (``committed``), never before. The
-        # faust runtime processes several batches (one event each) per transaction.
-        self.fired: dict[int, list[tuple[str, float]]] = {}
+        # How many fires of each (kind, fire_at) the batches in flight hold, per partition:
+        # observed as lateness once the engine has committed them (``committed``), never
+        # before. The faust runtime processes several batches (one event each) per
+        # transaction. Counted, not listed: a burst fires many on few instants.
+        self.fired: dict[int, Counter[tuple[str, datetime]]] = {}
         self.counts: Counter[str] = Counter()
 
     def assign(self, partition: int, changelog: Iterable[Record]) -> None:
@@ -127,8 +129,10 @@ class TimelineAgent:
     def committed(self, partition: int, committed_at_s: float) -> None:
         """The engine committed ``partition``'s batch at ``committed_at_s``: its fires are out
         (read_committed), so their lateness is known."""
-        for kind, fire_at_s in self.fired.pop(partition, ()):
-            metrics.FIRE_LATENESS.labels(kind).observe(max(0.0, committed_at_s - fire_at_s))
+        fired = self.fired.pop(partition, None)
+        for (kind, fire_at), count in (fired or {}).items():
+            metrics.observe_many(metrics.FIRE_LATENESS.labels(kind),
+                                 max(0.0, committed_at_s - fire_at.timestamp()), count)
 
     def process(self, partition: int, records: list[Record]) -> list[Output]:
         state = self.states[partition]
@@ -168,17 +172,19 @@ class TimelineAgent:
                         error_class=type(exc).__name__))
                     self._reject(record, failure_reason(exc, "applying"), outputs, effects)
         topics = self.settings.topics
-        fired = self.fired.setdefault(partition, [])
-        kinds: Counter[str] = Counter()
+        fired: Counter[tuple[str, datetime]] = Counter()
+        notifications = topics.notifications
         for out in effects.outputs:
             if isinstance(out, ReminderFired):  # built without pydantic (timeline.outputs)
-                outputs.append(Output(topics.notifications, out.user_id.encode(), out.wire()))
+                outputs.append(Output(notifications, out.user_id.encode(), out.wire()))
             else:
-                topic = (topics.task_commands if isinstance(out, TaskSpawn)
-                         else topics.notifications)
+                topic = (topics.task_commands if isinstance(out, TaskSpawn) else notifications)
                 outputs.append(Output(topic, out.user_id.encode(), codec.dumps(out)))
-            kinds[out.type] += 1
-            fired.append((out.type, out.fire_at.timestamp()))
+            fired[out.type, out.fire_at] += 1
+        kinds: Counter[str] = Counter()
+        for (kind, _), n in fired.items():
+            kinds[kind] += n
+        self.fired.setdefault(partition, Counter()).update(fired)
         for kind, n in kinds.items():
             metrics.NOTIFICATIONS.labels(kind).inc(n)
         metrics.PENDING_FIRES.labels(str(partition)).set(len(state.index))

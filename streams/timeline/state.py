@@ -72,6 +72,10 @@ _MICROSECOND = timedelta(microseconds=1)
 _BUCKET_US = BUCKET_S * 1_000_000
 
 
+def _fire_at(item: tuple[datetime, ReminderFire]) -> datetime:
+    return item[0]
+
+
 def _micros(at: datetime) -> int:
     """``at`` as whole microseconds since the epoch: exact, unlike ``timestamp()``."""
     return (at - _EPOCH) // _MICROSECOND
@@ -116,6 +120,21 @@ class TaskState:
         if watermark is None or watermark == self.base:
             return {at: fire for at, fire in planned.items() if at not in self.fired}
         return {at: fire for at, fire in planned.items() if at > watermark}
+
+    def due(self, watermark: datetime | None,
+            tick_at: datetime) -> list[tuple[datetime, ReminderFire]]:
+        """``pending(watermark)`` up to ``tick_at``, in fire order, in one pass: a burst asks
+        this once per fire."""
+        planned = self.planned()
+        if watermark is None or watermark == self.base:
+            fired = self.fired
+            due = [(at, fire) for at, fire in planned.items()
+                   if at <= tick_at and at not in fired]
+        else:
+            due = [(at, fire) for at, fire in planned.items() if watermark < at <= tick_at]
+        if len(due) > 1:
+            due.sort(key=_fire_at)
+        return due
 
     def handled(self, watermark: datetime | None) -> frozenset[datetime]:
         """Every instant handled at ``watermark``, this version's and earlier ones' (what a
@@ -482,9 +501,7 @@ class PartitionState:
         task = state.task
         assert task is not None
         tick_at = texts.tick_at
-        due = sorted(((at, fire) for at, fire in state.pending(self.watermark).items()
-                      if at <= tick_at), key=lambda item: item[0])
-        for fire_at, fire in due:
+        for fire_at, fire in state.due(self.watermark, tick_at):
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
             if verdict is Timeliness.MISSED:
                 effects.counts["missed"] += 1
