@@ -57,7 +57,11 @@ __all__ = ["TopicPartition"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+# Records and outputs are made once per record consumed, restored or produced (a burst,
+# a restore: millions): plain slotted dataclasses, since a frozen one sets each field
+# through object.__setattr__ (1.1 against 0.3 µs for an Output here). Nothing mutates or
+# hashes them.
+@dataclass(slots=True)
 class Record:
     """A consumed record, detached from the client library."""
 
@@ -69,7 +73,7 @@ class Record:
     timestamp_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """A record to produce; ``partition`` None lets the key decide (murmur2, as Java does)."""
 
