@@ -110,9 +110,18 @@ def reminder_fires(task: TaskFields, occurred_at: datetime) -> dict[datetime, Re
     Two reminders landing on the same instant fire once, as the first of them in list order.
     A series row is a template (contract v1.1): its reminders belong to its instances.
     """
+    return {at: ReminderFire(at, reminder) for at, reminder in reminder_instants(task, occurred_at)}
+
+
+def reminder_instants(task: TaskFields, occurred_at: datetime,
+                      ) -> list[tuple[datetime, BeforeReminder | AtReminder]]:
+    """``reminder_fires`` as (fire instant, reminder) pairs in list order: no dict and no
+    ``ReminderFire``, for the burst, which asks once per fire. Hashing a computed aware
+    datetime (a dict key) costs more than computing it, and a task mostly has one reminder.
+    """
     if task.status != "open" or task.due_at is None or task.recurrence is not None:
-        return {}
-    fires: dict[datetime, ReminderFire] = {}
+        return []
+    fires: list[tuple[datetime, BeforeReminder | AtReminder]] = []
     for reminder in task.reminders:
         # type(), not isinstance: pydantic's metaclass makes isinstance slow, and a burst
         # plans one task per fire.
@@ -120,8 +129,13 @@ def reminder_fires(task: TaskFields, occurred_at: datetime) -> dict[datetime, Re
             fire_at = task.due_at - timedelta(minutes=reminder.before_minutes)
         else:
             fire_at = cast(AtReminder, reminder).at
-        if fire_at > occurred_at and fire_at not in fires:
-            fires[fire_at] = ReminderFire(fire_at, reminder)
+        if fire_at > occurred_at:
+            fires.append((fire_at, reminder))
+    if len(fires) > 1:  # one fire per instant: the first reminder on it
+        unique: dict[datetime, BeforeReminder | AtReminder] = {}
+        for at, reminder in fires:
+            unique.setdefault(at, reminder)
+        fires = list(unique.items())
     return fires
 
 

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 from schemas import (
     AtReminder,
+    BeforeReminder,
     DigestDaily,
     Occurrence,
     SpawnTemplate,
@@ -58,6 +59,7 @@ from streams.timeline.planning import (
     next_spawn,
     notification_id,
     reminder_fires,
+    reminder_instants,
     spawn_id,
     timeliness,
 )
@@ -72,7 +74,7 @@ _MICROSECOND = timedelta(microseconds=1)
 _BUCKET_US = BUCKET_S * 1_000_000
 
 
-def _fire_at(item: tuple[datetime, ReminderFire]) -> datetime:
+def _fire_at(item: tuple[datetime, BeforeReminder | AtReminder]) -> datetime:
     return item[0]
 
 
@@ -122,16 +124,18 @@ class TaskState:
         return {at: fire for at, fire in planned.items() if at > watermark}
 
     def due(self, watermark: datetime | None,
-            tick_at: datetime) -> list[tuple[datetime, ReminderFire]]:
-        """``pending(watermark)`` up to ``tick_at``, in fire order, in one pass: a burst asks
-        this once per fire."""
-        planned = self.planned()
+            tick_at: datetime) -> list[tuple[datetime, BeforeReminder | AtReminder]]:
+        """``pending(watermark)`` up to ``tick_at`` as (instant, reminder), in fire order,
+        in one pass: a burst asks this once per fire."""
+        if self.task is None:
+            return []
+        planned = reminder_instants(self.task, self.occurred_at)
         if watermark is None or watermark == self.base:
             fired = self.fired
-            due = [(at, fire) for at, fire in planned.items()
-                   if at <= tick_at and at not in fired]
+            due = [(at, reminder) for at, reminder in planned
+                   if at <= tick_at and (not fired or at not in fired)]
         else:
-            due = [(at, fire) for at, fire in planned.items() if watermark < at <= tick_at]
+            due = [(at, reminder) for at, reminder in planned if watermark < at <= tick_at]
         if len(due) > 1:
             due.sort(key=_fire_at)
         return due
@@ -501,13 +505,12 @@ class PartitionState:
         task = state.task
         assert task is not None
         tick_at = texts.tick_at
-        for fire_at, fire in state.due(self.watermark, tick_at):
+        for fire_at, reminder in state.due(self.watermark, tick_at):
             verdict = timeliness(fire_at, tick_at, self.reminder_catchup_s)
             if verdict is Timeliness.MISSED:
                 effects.counts["missed"] += 1
                 continue
             assert task.due_at is not None
-            reminder = fire.reminder
             effects.outputs.append(ReminderFired(
                 notification_id=notification_id(
                     "reminder.due", state.user_id, state.task_id, texts.key(fire_at)),
