@@ -11,7 +11,8 @@ Scenarios, each on its own topics (a fresh app id), against the local stack:
   read_committed; every one is then read back and counted).
 - **ceiling**: the same N events through ``bench.ceiling`` (bare two-hop loop).
 - **peer**: the same N fires as rows drained by ``bench.peer`` (SKIP LOCKED pollers).
-- **lateness**: a worker and the live tick producer (1 s ticks, then ``--fine-tick-s``)
+- **lateness**: a worker and the live tick producer (1 s ticks, then ``--fine-tick-s``,
+  0.25 s by default: the project's default ``TICK_INTERVAL_S``)
   under a steady load of ``--rate`` fires/s for ``--duration-s``; commit-to-reader time
   minus ``fire_at``; and what the ticks alone cost the idle worker.
 - **archive**: lateness as above without and with a 1M-row archive job running against the
@@ -779,8 +780,11 @@ def table(doc: dict[str, Any]) -> str:
                  fmt(get(doc, "ingest.ceiling.per_cpu_s"), unit="/cpu-s"),
                  x("ingest.cpu_ratio"), ""))
     for key in ("lateness", "lateness_fine"):
+        step = get(doc, f"{key}.tick_interval_s")
+        default_step = Settings.model_fields["tick_interval_s"].default
+        default = " (the default)" if step == default_step else ""
         rows.append((f"lateness, {fmt(get(doc, f'{key}.rate_per_s'))} fires/s, "
-                     f"{fmt(get(doc, f'{key}.tick_interval_s'), 'g')} s ticks",
+                     f"{fmt(step, 'g')} s ticks{default}",
                      f"p50 {fmt(get(doc, f'{key}.p50_s'), '.2f')} s, "
                      f"p99 {fmt(get(doc, f'{key}.p99_s'), '.2f')} s, "
                      f"max {fmt(get(doc, f'{key}.max_s'), '.2f')} s",
