@@ -16,6 +16,7 @@ from aiokafka.errors import ProducerFenced
 from streams.kafka import client as kafka
 from streams.kafka.client import Output
 from streams.settings import Settings
+from tests.support import eventually
 
 pytestmark = pytest.mark.kafka
 
@@ -47,8 +48,17 @@ def test_batched_records_land_where_send_puts_them_in_order(settings: Settings) 
             await producer.stop()
 
     asyncio.run(scenario())
-    records = asyncio.run(kafka.read_all(
-        settings, [settings.topics.notifications, settings.topics.task_commands]))
+    # The commit returns once the coordinator has logged it; the markers that make the
+    # records readable read_committed reach the partitions a moment later, so a read at
+    # once may stop short at a partition's old last stable offset: read until all are in.
+    records: list[kafka.Record] = []
+
+    async def all_readable() -> bool:
+        records[:] = await kafka.read_all(
+            settings, [settings.topics.notifications, settings.topics.task_commands])
+        return sum(r.topic == settings.topics.notifications for r in records) >= len(outputs)
+
+    asyncio.run(eventually(all_readable, 30, "every batched record readable"))
     by_send = {r.key: r.partition for r in records if r.topic == settings.topics.task_commands}
     batched = [r for r in records if r.topic == settings.topics.notifications]
     assert len(batched) == len(outputs)
