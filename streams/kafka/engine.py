@@ -655,14 +655,27 @@ def _rebuild(assign: Callable[[int, Iterable[Record]], None], p: int, feed: _Fee
     collected generations, in constant time) so that later collections skip it too; it
     holds no cycles, so nothing it drops later needs the collector to be freed.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    global _REBUILDING, _GC_WAS_ENABLED
+    # Rebuilds of several processors (roles) may overlap: the first in turns the collector
+    # off, the last out turns it back on, as it found it.
+    with _GC_LOCK:
+        if _REBUILDING == 0:
+            _GC_WAS_ENABLED = gc.isenabled()
+            gc.disable()
+        _REBUILDING += 1
     try:
         assign(p, feed)
     finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+        with _GC_LOCK:
+            gc.freeze()
+            _REBUILDING -= 1
+            if _REBUILDING == 0 and _GC_WAS_ENABLED:
+                gc.enable()
+
+
+_GC_LOCK = threading.Lock()
+_REBUILDING = 0  # rebuild threads running (``_rebuild``)
+_GC_WAS_ENABLED = True
 
 
 _THREADS: set[threading.Thread] = set()

@@ -9,6 +9,8 @@ cancellation aborts them all."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -590,3 +592,26 @@ def test_a_rebuild_failing_mid_stream_ends_run_without_a_stuck_read(
 
     asyncio.run(scenario())
     assert handler.read == [b"0", b"1"]
+
+
+def test_overlapping_rebuilds_keep_the_collector_off_until_the_last_ends() -> None:
+    """Rebuilds of two roles may overlap in time: the collector stays off until both have
+    ended, then is as it was."""
+    assert gc.isenabled()
+    release = [threading.Event(), threading.Event()]
+    during: list[bool] = []
+
+    def assign(partition: int, changelog: Iterable[Record]) -> None:
+        release[partition].wait(5)
+        during.append(gc.isenabled())
+
+    threads = [threading.Thread(target=engine._rebuild, args=(assign, p, None))
+               for p in (0, 1)]
+    for thread in threads:
+        thread.start()
+    release[0].set()
+    threads[0].join(5)
+    assert not gc.isenabled()  # the other rebuild still runs
+    release[1].set()
+    threads[1].join(5)
+    assert during == [False, False] and gc.isenabled()
