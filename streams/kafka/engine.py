@@ -615,7 +615,7 @@ class _Feed:
 
     async def put(self, batch: list[Record], work: asyncio.Future[Any]) -> bool:
         """Hand ``batch`` over once there is room; False if ``work`` (the thread) ended
-        first, having failed: nobody takes batches any more."""
+        first (it failed, or its handler reads no changelog): nobody takes batches."""
         room = asyncio.ensure_future(self.room.acquire())
         try:
             await asyncio.wait([room, work], return_when=asyncio.FIRST_COMPLETED)
@@ -653,7 +653,9 @@ def _rebuild(assign: Callable[[int, Iterable[Record]], None], p: int, feed: _Fee
     holding the GIL: 1-6 s stalls of the event loop at a million tasks, enough to lose the
     group session. The state built is then frozen (``gc.freeze``: moved out of the
     collected generations, in constant time) so that later collections skip it too; it
-    holds no cycles, so nothing it drops later needs the collector to be freed.
+    holds no cycles, so nothing it drops later needs the collector to be freed. The price:
+    cyclic garbage the event loop made meanwhile and not yet collected is frozen with it,
+    for good (a restore's worth of loop turns, once per restore).
     """
     global _REBUILDING, _GC_WAS_ENABLED
     # Rebuilds of several processors (roles) may overlap: the first in turns the collector
