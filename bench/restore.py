@@ -10,10 +10,14 @@
    member its session), the whole restore (from the timeline's "partitions assigned" to its
    last "partition restored"), the worker's CPU seconds over that span (sampled from
    /proc every 0.1 s: less noisy than wall time on a shared machine), the event-loop stalls
-   it logged, and the worker's RSS once restored.
+   it logged, and the worker's RSS once restored (and its peak).
 
     .venv/bin/python bench/restore.py                 # 6 partitions x 100k tasks
     .venv/bin/python bench/restore.py --tasks 20000   # quicker
+    .venv/bin/python bench/restore.py --broker-only --tasks 166667   # issue 9: 1M tasks
+    .venv/bin/python bench/restore.py --broker-only --tasks 166667 --reuse APP_ID
+        # the same changelog again (the app id a run printed): no writing, e.g. to compare
+        # two trees one after the other
 
 Machines here are noisy and shared: read durations as orders of magnitude.
 """
