@@ -43,12 +43,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
+import queue
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -358,28 +360,38 @@ class Processor:
         return producer
 
     async def _load(self, p: int, producer: Any) -> int:
-        """Restore p's state from its changelog partition; return the records read."""
-        entries: list[Record] = []
-        if self.handler.changelog_topic is not None:
-            await kafka.read_partition(self.settings, self.handler.changelog_topic, p,
-                                       entries.append, stall_timeout_s=REQUEST_TIMEOUT_S)
-        # Rebuilding a large state takes seconds of CPU: off the event loop, so heartbeats,
-        # the other partitions and the health endpoint go on meanwhile.
-        async with self.rebuilding:
-            await self._rebuild(p, entries)
-        return len(entries)
+        """Restore p's state from its changelog partition; return the records read.
 
-    async def _rebuild(self, p: int, entries: list[Record]) -> None:
-        work = asyncio.ensure_future(_in_thread(self.handler.assign, p, entries))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            if not self.stopping:
-                # A revoke: let the thread finish so that its state cannot land after a
-                # newer owner's, then drop it (``_discard``).
-                with contextlib.suppress(BaseException):
-                    await work
-            raise
+        The changelog streams into the rebuild: each fetched batch goes to the thread that
+        rebuilds the state (a large state takes seconds of CPU: off the event loop, so
+        heartbeats, the other partitions and the health endpoint go on meanwhile), at most
+        ``FEED_DEPTH`` batches ahead of it. The partition is never held whole as records
+        (that list doubled a restore's peak memory), and the read overlaps the rebuild.
+        """
+        topic = self.handler.changelog_topic
+        async with self.rebuilding:
+            feed = _Feed(asyncio.get_running_loop())
+            work = asyncio.ensure_future(_in_thread(_rebuild, self.handler.assign, p, feed))
+            try:
+                if topic is not None:
+                    async with contextlib.aclosing(kafka.read_batches(
+                            self.settings, topic, p,
+                            stall_timeout_s=REQUEST_TIMEOUT_S)) as batches:
+                        async for batch in batches:
+                            if not await feed.put(batch, work):
+                                break  # the rebuild failed: ``work`` raises it below
+                feed.close()
+                await asyncio.shield(work)
+            except BaseException:
+                feed.abandon()
+                if not self.stopping:
+                    # A revoke or a failed read: let the thread end (it stops at its next
+                    # batch) so that its state cannot land after a newer owner's, then
+                    # drop it (``_discard``).
+                    with contextlib.suppress(BaseException):
+                        await work
+                raise
+        return feed.records
 
     async def _discard(self, p: int, producer: Any) -> None:
         self.handler.revoke(p)
@@ -578,6 +590,94 @@ async def _stop_quietly(producer: Any) -> None:
 async def _abort_quietly(producer: Any) -> None:
     with contextlib.suppress(Exception, asyncio.TimeoutError):
         await asyncio.wait_for(producer.abort_transaction(), CLOSE_TIMEOUT_S)
+
+
+FEED_DEPTH = 4  # batches of up to 5,000 records read ahead of a rebuild
+
+
+class RestoreAbandoned(Exception):
+    """The restore a rebuild thread was fed for was given up (a revoke, a failed read)."""
+
+
+class _Feed:
+    """A partition's changelog batches, from the event loop to the thread rebuilding its
+    state: the thread iterates over the records as they come (``__iter__``, blocking), the
+    loop puts batches (``put``), waiting while ``FEED_DEPTH`` of them are not taken yet."""
+
+    _END = object()
+    _ABANDONED = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.room = asyncio.Semaphore(FEED_DEPTH)
+        self.records = 0
+
+    async def put(self, batch: list[Record], work: asyncio.Future[Any]) -> bool:
+        """Hand ``batch`` over once there is room; False if ``work`` (the thread) ended
+        first (it failed, or its handler reads no changelog): nobody takes batches."""
+        room = asyncio.ensure_future(self.room.acquire())
+        try:
+            await asyncio.wait([room, work], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+        if not room.done() or room.cancelled():
+            return False
+        self.queue.put(batch)
+        self.records += len(batch)
+        return True
+
+    def close(self) -> None:
+        self.queue.put(self._END)
+
+    def abandon(self) -> None:
+        self.queue.put(self._ABANDONED)
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if item is self._ABANDONED:
+                raise RestoreAbandoned("restore given up")
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                self.loop.call_soon_threadsafe(self.room.release)
+            yield from item
+
+
+def _rebuild(assign: Callable[[int, Iterable[Record]], None], p: int, feed: _Feed) -> None:
+    """``assign(p, feed)`` in a restore thread, with the cyclic garbage collector off.
+
+    A rebuild allocates millions of objects and frees next to none: each collection that
+    allocation triggers walks them all (generation 2 again and again as the heap grows),
+    holding the GIL: 1-6 s stalls of the event loop at a million tasks, enough to lose the
+    group session. The state built is then frozen (``gc.freeze``: moved out of the
+    collected generations, in constant time) so that later collections skip it too; it
+    holds no cycles, so nothing it drops later needs the collector to be freed. The price:
+    cyclic garbage the event loop made meanwhile and not yet collected is frozen with it,
+    for good (a restore's worth of loop turns, once per restore).
+    """
+    global _REBUILDING, _GC_WAS_ENABLED
+    # Rebuilds of several processors (roles) may overlap: the first in turns the collector
+    # off, the last out turns it back on, as it found it.
+    with _GC_LOCK:
+        if _REBUILDING == 0:
+            _GC_WAS_ENABLED = gc.isenabled()
+            gc.disable()
+        _REBUILDING += 1
+    try:
+        assign(p, feed)
+    finally:
+        with _GC_LOCK:
+            gc.freeze()
+            _REBUILDING -= 1
+            if _REBUILDING == 0 and _GC_WAS_ENABLED:
+                gc.enable()
+
+
+_GC_LOCK = threading.Lock()
+_REBUILDING = 0  # rebuild threads running (``_rebuild``)
+_GC_WAS_ENABLED = True
 
 
 _THREADS: set[threading.Thread] = set()

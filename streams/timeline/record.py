@@ -92,20 +92,23 @@ class TaskRecord:
                  task_id: str | None = None) -> TaskRecord:
         """A record from its changelog document (``doc``'s form, or any older one that
         ``Task`` reads: missing optional keys take their defaults)."""
+        # Built shared as read (not through ``_shared``: an "at" model built twice cost
+        # a fifth of a restore).
         reminders: list[BeforeReminder | AtReminder] = []
         for r in doc.get("reminders", ()):
             if "before_minutes" in r:
-                reminders.append(_BEFORE.get(r["before_minutes"])
-                                 or BeforeReminder(before_minutes=r["before_minutes"]))
+                shared = _BEFORE.get(r["before_minutes"])
+                reminders.append(shared if shared is not None else
+                                 _before(BeforeReminder(before_minutes=r["before_minutes"])))
             else:
                 reminders.append(_at(parse_instant(r["at"])))
         completed, due, day = doc.get("completed_at"), doc.get("due_at"), doc.get("due_date")
         rule = doc.get("recurrence")
         return cls(
             task_id or doc["task_id"], user_id or sys.intern(doc["user_id"]), doc["version"],
-            doc["title"], doc["status"],
+            doc["title"], sys.intern(doc["status"]),  # a few values: held once, not per task
             None if completed is None else parse_instant(completed),
             None if due is None else parse_instant(due),
             None if day is None else date.fromisoformat(day),
-            _shared(reminders), None if rule is None else Recurrence.model_validate(rule),
+            tuple(reminders), None if rule is None else Recurrence.model_validate(rule),
             doc.get("series_id"))

@@ -9,6 +9,8 @@ cancellation aborts them all."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from streams.kafka import client as kafka
 from streams.kafka import engine
 from streams.kafka.client import Output, Record, TopicPartition
 from streams.settings import Settings
+from tests.support import eventually
 
 
 class Broker:
@@ -471,3 +474,144 @@ def test_a_long_planning_lets_what_fell_due_run_before_the_next(
 
     asyncio.run(scenario())
     assert order == ["plan 0", "heartbeat", "plan 1", "plan 2"]
+
+
+class Collecting(Echo):
+    """Restores from a changelog, keeping what it read (from the restore thread)."""
+
+    changelog_topic = "changelog"
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.read: list[bytes | None] = []
+        self.revoked: list[int] = []
+        self.fail_after = fail_after
+        self.ended: list[BaseException | None] = []
+
+    def assign(self, partition: int, changelog: Iterable[Record]) -> None:
+        try:
+            for record in changelog:
+                if self.fail_after is not None and len(self.read) == self.fail_after:
+                    raise ValueError("corrupt state")
+                self.read.append(record.value)
+        except BaseException as exc:
+            self.ended.append(exc)
+            raise
+        self.ended.append(None)
+        self.assigned += 1
+
+    def revoke(self, partition: int) -> None:
+        self.revoked.append(partition)
+
+
+def _batches(count: int, *, then_hang: bool = False, fetched: list[int] | None = None) -> Any:
+    async def read_batches(settings: Settings, topic: str, partition: int, *,
+                           stall_timeout_s: float | None = None) -> Any:
+        for b in range(count):
+            if fetched is not None:
+                fetched.append(b)
+            yield [Record(topic, partition, b, b"k", b"%d" % b, 0)]
+        if then_hang:
+            await asyncio.sleep(3600)  # the broker went quiet
+    return read_batches
+
+
+def test_a_restore_streams_the_changelog_into_the_rebuild_a_few_batches_ahead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fetched batch goes to the rebuild thread as it comes, in order, and the read
+    runs at most ``FEED_DEPTH`` batches ahead of it: a partition is never held whole."""
+    broker = Broker(0, 0)
+    fetched: list[int] = []
+    handler = Collecting()
+    ahead: list[int] = []
+    original = handler.assign
+
+    def assign(partition: int, changelog: Iterable[Record]) -> None:
+        def watched() -> Iterable[Record]:
+            for record in changelog:
+                ahead.append(len(fetched) - len(handler.read))
+                time.sleep(0.001)  # a rebuild slower than the read
+                yield record
+        original(partition, watched())
+
+    monkeypatch.setattr(handler, "assign", assign)
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: FakeProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    monkeypatch.setattr(kafka, "read_batches", _batches(50, fetched=fetched))
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", handler)
+        processor.assigned([0])
+        await asyncio.wait_for(processor.restores[0], 10)
+        assert 0 in processor.producers
+        await eventually(lambda: not engine.threads_running(), 5, "the thread to end")
+
+    asyncio.run(scenario())
+    assert handler.read == [b"%d" % b for b in range(50)]
+    # The batch in the thread's hands, the queued ones, and one fetched waiting for room.
+    assert max(ahead) <= engine.FEED_DEPTH + 2
+
+
+def test_a_revoke_mid_read_ends_the_rebuild_thread_and_drops_the_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = Broker(0, 0)
+    handler = Collecting()
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: FakeProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    monkeypatch.setattr(kafka, "read_batches", _batches(3, then_hang=True))
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", handler)
+        processor.assigned([0])
+        await eventually(lambda: len(handler.read) == 3, 5, "the batches read so far")
+        await asyncio.wait_for(processor.release([0]), 5)
+        assert processor.restores == {} and processor.producers == {}
+        await eventually(lambda: not engine.threads_running(), 5, "the thread to end")
+
+    asyncio.run(scenario())
+    assert len(handler.ended) == 1 and isinstance(handler.ended[0], engine.RestoreAbandoned)
+    assert handler.assigned == 0 and 0 in handler.revoked
+
+
+def test_a_rebuild_failing_mid_stream_ends_run_without_a_stuck_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read waiting for room must not wait for a thread that has died."""
+    broker = Broker(0, 0)
+    handler = Collecting(fail_after=2)
+    monkeypatch.setattr(kafka, "producer", lambda settings, tid: FakeProducer(broker))
+    monkeypatch.setattr(kafka, "consumer", lambda *a, **k: FakeConsumer(broker))
+    monkeypatch.setattr(kafka, "read_batches", _batches(100))
+
+    async def scenario() -> None:
+        processor = engine.Processor(Settings(), "test", "source", handler)
+        run = asyncio.create_task(processor.run(asyncio.Event()))
+        await asyncio.sleep(0)
+        processor.assigned([0])
+        with pytest.raises(ValueError, match="corrupt state"):
+            await asyncio.wait_for(run, 5)
+
+    asyncio.run(scenario())
+    assert handler.read == [b"0", b"1"]
+
+
+def test_overlapping_rebuilds_keep_the_collector_off_until_the_last_ends() -> None:
+    """Rebuilds of two roles may overlap in time: the collector stays off until both have
+    ended, then is as it was."""
+    assert gc.isenabled()
+    release = [threading.Event(), threading.Event()]
+    during: list[bool] = []
+
+    def assign(partition: int, changelog: Iterable[Record]) -> None:
+        release[partition].wait(5)
+        during.append(gc.isenabled())
+
+    threads = [threading.Thread(target=engine._rebuild, args=(assign, p, None))
+               for p in (0, 1)]
+    for thread in threads:
+        thread.start()
+    release[0].set()
+    threads[0].join(5)
+    assert not gc.isenabled()  # the other rebuild still runs
+    release[1].set()
+    threads[1].join(5)
+    assert during == [False, False] and gc.isenabled()
