@@ -15,7 +15,10 @@ the collections per generation, the CPU spent inside the collector (``gc.callbac
 its longest pause.
 
 - ``default``: CPython's thresholds (700, 10, 10), nothing frozen (main before stop 16).
-- ``worker``: what ``streams.processes.collector`` sets up in the worker.
+- ``freeze``: CPython's thresholds; start-up and each restored partition frozen
+  (``collector.settle``).
+- ``young``: only the worker's thresholds (``collector.YOUNG_THRESHOLD``), nothing frozen.
+- ``worker``: both, as ``streams.processes.collector`` sets up the worker.
 - ``off``: the collector disabled, the bound (not a policy: cycles would never be freed).
 
 ``--pause`` instead times one full collection (``gc.collect()``) of a worker holding
@@ -35,13 +38,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from bench.workload import task_event
+from schemas import Tick
 from streams import codec
+from streams.kafka import client as kafka
 from streams.kafka.client import Record
 from streams.processes import collector
 from streams.processes.worker import Rekeyer, TimelineAgent
@@ -52,12 +58,12 @@ from streams.timeline.state import PartitionState
 FIRE_AT = datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
 OCCURRED_AT = FIRE_AT - timedelta(days=1)
 PARTITIONS = 6
-POLICIES = ("default", "worker", "off")
+POLICIES = ("default", "freeze", "young", "worker", "off")
 
 
 def _changelogs(settings: Settings, tasks: int) -> dict[int, list[Record]]:
     """Per timeline partition, the changelog a worker holding ``tasks`` tasks would restore."""
-    rekeyer = Rekeyer(settings, PARTITIONS)
+    partition_of: dict[bytes, int] = {}
     states = {p: PartitionState(p, reminder_catchup_s=settings.reminder_catchup_s)
               for p in range(PARTITIONS)}
     for state in states.values():
@@ -65,22 +71,18 @@ def _changelogs(settings: Settings, tasks: int) -> dict[int, list[Record]]:
     for i in range(tasks):
         value = orjson.dumps(task_event(i, FIRE_AT, OCCURRED_AT))
         key = codec.route_task_event(value)
-        p = rekeyer.partition_of.get(key)
+        p = partition_of.get(key)
         if p is None:
-            p = rekeyer.partition_of[key] = _partition(key)
+            p = partition_of[key] = kafka.partition_for(key, PARTITIONS)
         event = codec.decode_timeline(value)
-        states[p].apply(event)  # type: ignore[arg-type]
+        assert not isinstance(event, Tick)
+        states[p].apply(event)
     logs: dict[int, list[Record]] = {}
     for p, state in states.items():
         keys = ["w", *state.users, *state.tasks]
         logs[p] = [Record("changelog", p, offset, k.encode(), snapshot(state, k), 0)
                    for offset, k in enumerate(keys)]
     return logs
-
-
-def _partition(key: bytes) -> int:
-    from streams.kafka import client as kafka
-    return kafka.partition_for(key, PARTITIONS)
 
 
 def _batches(first: int, n: int, batch: int) -> list[list[Record]]:
@@ -107,19 +109,21 @@ class _Pauses:
 
 
 def _setup(policy: str) -> None:
+    """The collector as ``policy`` has it at the worker's start."""
     if policy == "off":
         gc.disable()
     elif policy == "worker":
         collector.configure()
-    elif policy.startswith("freeze"):
+    elif policy == "young":
+        gc.set_threshold(collector.YOUNG_THRESHOLD, collector.MIDDLE_THRESHOLD,
+                         collector.OLD_THRESHOLD)
+    elif policy == "freeze":
         gc.freeze()
-    elif policy.startswith("t"):
-        t = [int(x) for x in policy[1:].split("/")]
-        gc.set_threshold(*t)
-    elif policy.startswith("ft"):
-        gc.freeze()
-        t = [int(x) for x in policy[2:].split("/")]
-        gc.set_threshold(*t)
+
+
+def _restored(policy: str) -> Callable[[], None] | None:
+    """What ``policy`` does after each partition's restore."""
+    return {"worker": collector.settle, "freeze": collector.settle}.get(policy)
 
 
 def one(policy: str, n: int, state: int, batch: int) -> dict[str, Any]:
@@ -130,11 +134,9 @@ def one(policy: str, n: int, state: int, batch: int) -> dict[str, Any]:
     gc.collect()
     _setup(policy)  # as the worker does at start, before its partitions are assigned
     rekeyer = Rekeyer(settings, PARTITIONS)
-    agent = TimelineAgent(settings, restored=collector.settle if policy == "worker" else None)
+    agent = TimelineAgent(settings, restored=_restored(policy))
     for p in range(PARTITIONS):
         agent.assign(p, logs[p])
-    if policy.startswith(("freeze", "ft")):
-        gc.freeze()
     del logs
     pauses = _Pauses()
     gc.callbacks.append(pauses)
