@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +48,7 @@ from streams.kafka.engine import (
     decode_all,
     failure_reason,
 )
-from streams.processes import lifecycle
+from streams.processes import collector, lifecycle
 from streams.settings import Settings
 from streams.telemetry import metrics
 from streams.telemetry.logs import fields
@@ -95,10 +95,15 @@ class Rekeyer:
 
 
 class TimelineAgent:
-    """Per partition: task/user state, due index and watermark; ticks fire what is due."""
+    """Per partition: task/user state, due index and watermark; ticks fire what is due.
 
-    def __init__(self, settings: Settings) -> None:
+    ``restored`` is called after each partition's state is restored (the worker freezes it
+    there: ``collector.settle``)."""
+
+    def __init__(self, settings: Settings, *,
+                 restored: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.restored = restored
         self.changelog_topic: str | None = settings.topics.state_changelog
         self.states: dict[int, PartitionState] = {}
         # How many fires of each (kind, fire_at) the batches in flight hold, per partition:
@@ -116,6 +121,8 @@ class TimelineAgent:
         restore(state, ((r.key.decode(), r.value) for r in changelog if r.key is not None))
         self.states[partition] = state
         self.counts["restored_tasks"] += len(state.tasks)
+        if self.restored is not None:
+            self.restored()
 
     def revoke(self, partition: int) -> None:
         self.states.pop(partition, None)
@@ -262,12 +269,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     stop = await lifecycle.start(settings, stop)
     partitions = await kafka.partition_count(settings, settings.topics.timeline)
     rekeyer = Rekeyer(settings, partitions)
-    agent = TimelineAgent(settings)
+    agent = TimelineAgent(settings, restored=collector.settle)
     engine: Any = Processor
     if runtime == "faust":
         from streams.faust import worker as faust_worker
 
         engine = faust_worker.Processor
+    collector.configure()  # after the imports: what they loaded is frozen
     processors = [
         engine(settings, "rekeyer", settings.topics.task_events, rekeyer),
         engine(settings, "timeline", settings.topics.timeline, agent),

@@ -103,9 +103,11 @@ def _task_value(task: TaskState) -> bytes:
         "user_id": task.user_id, "task_id": task.task_id, "version": task.version,
         "occurred_at": format_instant(task.occurred_at),
         "task": None if task.task is None else task.task.doc(),
-        "fired": sorted(format_instant(at) for at in task.fired),
+        # Written per applied event, and most tasks have neither: no generator for them.
+        "fired": sorted(map(format_instant, task.fired)) if task.fired else [],
         "spawned_through": _opt_instant(task.spawned_through),
-        "completion_spawns": [_spawn_doc(f) for f in (task.completion_spawns or {}).values()],
+        "completion_spawns": [_spawn_doc(f) for f in task.completion_spawns.values()]
+        if task.completion_spawns else [],
         "retired_at": _opt_instant(task.retired_at),
         "base": _opt_instant(task.base),
     })

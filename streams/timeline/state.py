@@ -170,7 +170,8 @@ class TaskState:
         or the next tick would take them for pending. So the set is bounded by the plan
         plus the catch-up window, across any number of versions.
         """
-        if any(at < before for at in self.fired):
+        # Most tasks have fired nothing: no generator for them (one per applied event).
+        if self.fired and any(at < before for at in self.fired):
             planned = self.planned()
             self.fired = frozenset(at for at in self.fired if at >= before or at in planned)
 
@@ -190,9 +191,12 @@ class Effects:
     counts: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: Effects) -> None:
+        # Once per record: a plain loop, not Counter.update (its Mapping check is an ABC's).
         self.outputs.extend(other.outputs)
         self.dirty |= other.dirty
-        self.counts.update(other.counts)
+        counts = self.counts
+        for name, n in other.counts.items():
+            counts[name] += n
 
 
 class DueIndex:
