@@ -651,11 +651,10 @@ def _rebuild(assign: Callable[[int, Iterable[Record]], None], p: int, feed: _Fee
     A rebuild allocates millions of objects and frees next to none: each collection that
     allocation triggers walks them all (generation 2 again and again as the heap grows),
     holding the GIL: 1-6 s stalls of the event loop at a million tasks, enough to lose the
-    group session. The state built is then frozen (``gc.freeze``: moved out of the
-    collected generations, in constant time) so that later collections skip it too; it
-    holds no cycles, so nothing it drops later needs the collector to be freed. The price:
-    cyclic garbage the event loop made meanwhile and not yet collected is frozen with it,
-    for good (a restore's worth of loop turns, once per restore).
+    group session. Freezing the state built, so that later collections skip it too, is
+    the process's policy, not the engine's: the worker does it in the handler's ``assign``
+    (``streams.processes.collector.settle``, for both runtimes, after collecting the young
+    generations so that the loop's fresh cyclic garbage is not frozen with it).
     """
     global _REBUILDING, _GC_WAS_ENABLED
     # Rebuilds of several processors (roles) may overlap: the first in turns the collector
@@ -669,7 +668,6 @@ def _rebuild(assign: Callable[[int, Iterable[Record]], None], p: int, feed: _Fee
         assign(p, feed)
     finally:
         with _GC_LOCK:
-            gc.freeze()
             _REBUILDING -= 1
             if _REBUILDING == 0 and _GC_WAS_ENABLED:
                 gc.enable()
