@@ -40,6 +40,7 @@ class Claim:
     runner_id: str
     note: str | None = None
     undoes: str | None = None  # an undo run: the run it undoes
+    record: bytes | None = None  # a slot decided at its claim: its run-log record, to publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class RunEnd:
     error_class: str | None
     error_message: str | None
     progress: Mapping[str, Any] = field(default_factory=dict)
+    record: bytes | None = None  # the run-log record of this end, stored with it to publish
 
 
 class RunStore(DataStore, Protocol[L]):
@@ -100,8 +102,19 @@ class RunStore(DataStore, Protocol[L]):
                                 lock: L) -> int | None:
         """Take over a slot failed as abandoned; the attempt it had reached, None if taken."""
 
-    async def sweep_abandoned(self, runner_id: str, now: datetime) -> list[dict[str, Any]]:
-        """Fail every queued or running slot of another runner whose session is gone."""
+    async def sweep_abandoned(self, runner_id: str, now: datetime,
+                              record: Callable[[Mapping[str, Any]], bytes]
+                              ) -> list[dict[str, Any]]:
+        """Fail every queued or running slot of another runner whose session is gone, each
+        with ``record(row)`` (its run-log record) stored in the same transaction."""
+
+    async def publish_records(self, publish: Callable[[list[bytes]], Awaitable[None]], *,
+                              limit: int, job: str | None = None,
+                              scheduled_for: datetime | None = None) -> int:
+        """Hand the stored, unpublished run-log records (oldest end first; of one slot if
+        ``job`` is given) to ``publish`` and clear them once it returned, in one transaction;
+        records another runner is publishing are skipped. Returns how many were published;
+        if ``publish`` raises, none is cleared."""
 
     async def waiting_exists(self, job: str) -> bool: ...
 

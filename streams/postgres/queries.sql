@@ -40,8 +40,8 @@ SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
 
 -- name: claim_slot
 INSERT INTO job_runs (job, scheduled_for, kind, trigger, trigger_id, tick_at, status, runner_id,
-                      backend_pid, backend_start, error_message, finished_at, undoes)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                      backend_pid, backend_start, error_message, finished_at, undoes, record)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (job, scheduled_for) DO NOTHING
 RETURNING job;
 
@@ -56,7 +56,7 @@ RETURNING job;
 UPDATE job_runs
    SET status = $3, attempt = $4, started_at = COALESCE(started_at, $5), finished_at = $6,
        duration_ms = $7, processed = $8, affected = $9, before = $10, after = $11,
-       error_class = $12, error_message = $13, progress = $15
+       error_class = $12, error_message = $13, progress = $15, record = $16
  WHERE job = $1 AND scheduled_for = $2 AND runner_id = $14 AND status IN ('queued', 'running')
 RETURNING job;
 
@@ -82,14 +82,38 @@ SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = $1 AND status = 'queued');
 -- name: running_exists
 SELECT EXISTS (SELECT 1 FROM job_runs WHERE job = $1 AND status = 'running');
 
--- name: sweep_abandoned
-UPDATE job_runs r
-   SET status = 'failed', finished_at = $2, error_class = 'Abandoned',
-       error_message = 'the runner that claimed this slot went away before finishing it'
+-- name: abandoned_slots
+-- The queued or running slots of other runners whose session is gone, locked for the sweep
+-- (a slot another runner is sweeping right now is skipped, not waited for).
+SELECT r.job, r.scheduled_for, r.kind, r.trigger, r.attempt
+  FROM job_runs r
  WHERE r.status IN ('queued', 'running') AND r.runner_id <> $1
    AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                     WHERE a.pid = r.backend_pid AND a.backend_start = r.backend_start)
-RETURNING r.job, r.scheduled_for, r.kind, r.trigger, r.attempt;
+ ORDER BY r.scheduled_for, r.job
+   FOR UPDATE OF r SKIP LOCKED;
+
+-- name: abandon_slot
+UPDATE job_runs
+   SET status = 'failed', finished_at = $3, error_class = 'Abandoned',
+       error_message = 'the runner that claimed this slot went away before finishing it',
+       record = $4
+ WHERE job = $1 AND scheduled_for = $2;
+
+-- name: pending_records
+-- Run-log records stored with their rows and not yet published, oldest end first; rows
+-- another runner is publishing are skipped. $1/$2 narrow it to one slot (NULL: any).
+SELECT job, scheduled_for, record
+  FROM job_runs
+ WHERE record IS NOT NULL
+   AND ($1::text IS NULL OR (job = $1 AND scheduled_for = $2))
+ ORDER BY finished_at NULLS FIRST, scheduled_for, job
+ LIMIT $3
+   FOR UPDATE SKIP LOCKED;
+
+-- name: records_published
+UPDATE job_runs SET record = NULL
+ WHERE (job, scheduled_for) IN (SELECT * FROM unnest($1::text[], $2::timestamptz[]));
 
 -- name: reclaim_abandoned
 UPDATE job_runs

@@ -4,14 +4,16 @@ and the ``DataStore`` the built-in kinds run against (archive, purge, undo).
 Implements ``streams.stores.RunStore[JobLock]``. A ``JobLock`` is a pool connection of its
 own: the job's advisory lock lives as long as its session, and a claimed row stores the
 session's identity (pid, backend start), so ``sweep_abandoned`` can tell a dead runner's row
-from a live one. Every statement is a named query of ``queries.sql``; errors are translated
+from a live one. A row that ends (or is decided) stores its run-log record with the end, and
+``publish_records`` publishes and clears it in one transaction, so no record is lost to a
+crash. Every statement is a named query of ``queries.sql``; errors are translated
 by the connector. Also serves ``cronorch jobs list|pause|resume``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,7 +96,7 @@ class PgRunStore:
             "claim_slot", claim.job, claim.scheduled_for, claim.kind, claim.trigger,
             claim.trigger_id, claim.tick_at, claim.status, claim.runner_id,
             lock.pid if lock else None, lock.backend_start if lock else None, claim.note,
-            finished_at, claim.undoes)
+            finished_at, claim.undoes, claim.record)
         return job is not None
 
     async def partial_runs(self) -> list[dict[str, Any]]:
@@ -145,15 +147,39 @@ class PgRunStore:
             "finish_run", job, scheduled_for, end.status, end.attempt, end.started_at,
             end.finished_at, end.duration_ms, end.processed, end.affected,
             _json(end.before), _json(end.after), end.error_class, end.error_message,
-            runner_id, _json(end.progress))
+            runner_id, _json(end.progress), end.record)
         return row is not None
 
     async def waiting_exists(self, job: str) -> bool:
         return bool(await self.db.fetchval("waiting_exists", job))
 
-    async def sweep_abandoned(self, runner_id: str, now: datetime) -> list[dict[str, Any]]:
-        """Fail every claimed slot whose holder's session is gone (crashed runner)."""
-        return [dict(r) for r in await self.db.fetch("sweep_abandoned", runner_id, now)]
+    async def sweep_abandoned(self, runner_id: str, now: datetime,
+                              record: Callable[[Mapping[str, Any]], bytes]
+                              ) -> list[dict[str, Any]]:
+        """Fail every claimed slot whose holder's session is gone (crashed runner), each with
+        its run-log record, in one transaction."""
+        q = queries()
+        async with self.db.transaction() as conn:
+            rows = [dict(r) for r in await conn.fetch(q["abandoned_slots"], runner_id)]
+            for row in rows:
+                await conn.execute(q["abandon_slot"], row["job"], row["scheduled_for"], now,
+                                   record(row))
+        return rows
+
+    async def publish_records(self, publish: Callable[[list[bytes]], Awaitable[None]], *,
+                              limit: int, job: str | None = None,
+                              scheduled_for: datetime | None = None) -> int:
+        """Publish stored run-log records and clear them once ``publish`` returned, in one
+        transaction whose row locks keep other runners off them meanwhile."""
+        q = queries()
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(q["pending_records"], job, scheduled_for, limit)
+            if not rows:
+                return 0
+            await publish([bytes(r["record"]) for r in rows])
+            await conn.execute(q["records_published"], [r["job"] for r in rows],
+                               [r["scheduled_for"] for r in rows])
+        return len(rows)
 
     async def runs(self, job: str) -> list[dict[str, Any]]:
         rows = [dict(r) for r in await self.db.fetch("job_runs", job)]

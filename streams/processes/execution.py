@@ -6,8 +6,10 @@ job's kind against the store with every batch bounded (``BatchBounded``) and pac
 between batches when the clock passes the run window's end (status ``partial``, progress
 carried to the next window), retries retriable failures with backoff, and writes the row's
 end even if PostgreSQL is briefly away. Every run ends in the run log: one JSON line, a
-metric and a scheduler.job-runs record (``record``). An archive run is undone by
-``undo_run``. IO goes through the ``RunStore`` port and ``emit``; time through ``clock``.
+metric and a scheduler.job-runs record; the slot's last record is stored with its row's end
+and published from there (``recorded``, ``publish_records``), so a crash never loses it.
+An archive run is undone by ``undo_run``. IO goes through the ``RunStore`` port and
+``emit``; time through ``clock``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from schemas import JobRun
-from streams.errors import DatabaseUnavailable, Refused, SchedulerError, TransientError
+from schemas.wire import WireError, dumps, loads
+from streams.errors import (
+    DatabaseUnavailable,
+    Refused,
+    Rejected,
+    SchedulerError,
+    TransientError,
+)
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Outcome
 from streams.jobs.model import Job, Overlap
@@ -34,6 +43,7 @@ Clock = Callable[[], datetime]
 Emit = Callable[[JobRun], Awaitable[None]]
 Lock = Any  # the store's opaque session handle
 MAX_MESSAGE = 300
+RECORD_BATCH = 100  # stored run-log records published per transaction
 T = TypeVar("T")
 
 
@@ -65,13 +75,48 @@ class Executor:
         return task
 
     async def record(self, run: JobRun) -> None:
-        """The run log: one JSON line, a metric and a scheduler.job-runs record."""
+        """An attempt that does not end its slot (it is retried): one JSON line, a metric and
+        a scheduler.job-runs record published at once, best effort (the slot's end is the
+        record no crash loses, ``recorded``)."""
         _log_run(run)
         try:
             await self.emit(run)
         except SchedulerError as exc:
             log.warning("job run record not published", extra=fields(
                 run_id=run.run_id, error_class=type(exc).__name__))
+
+    async def recorded(self, run: JobRun) -> None:
+        """A slot's end or decision, whose record the row stored with it: one JSON line, a
+        metric, then the record published from the row (``publish_records``)."""
+        _log_run(run)
+        await self.publish_records(run.job, run.scheduled_for)
+
+    async def publish_records(self, job: str | None = None,
+                              scheduled_for: datetime | None = None) -> int:
+        """Publish the run-log records stored with their rows (one slot's, or all): each is
+        cleared only once the broker acknowledged it, so a record not published now (the
+        broker away, this runner killed) stays with its row for the next call of any runner.
+        A record the broker refuses for good is logged and dropped, never retried forever."""
+        async def publish(payloads: list[bytes]) -> None:
+            for payload in payloads:
+                try:
+                    await self.emit(loads(JobRun, payload))
+                except (WireError, Rejected) as exc:
+                    log.error("stored job run record dropped", extra=fields(
+                        reason=str(exc)[:MAX_MESSAGE], error_class=type(exc).__name__))
+
+        published = 0
+        try:
+            while count := await self.db.publish_records(
+                    publish, limit=RECORD_BATCH, job=job, scheduled_for=scheduled_for):
+                published += count
+                if job is not None or count < RECORD_BATCH:
+                    break
+        except SchedulerError as exc:
+            log.warning("job run records not published yet: they stay with their rows",
+                        extra=fields(error_class=type(exc).__name__,
+                                     error_message=str(exc)[:MAX_MESSAGE]))
+        return published
 
     def _window_note(self, job: Job, stopped: bool) -> str:
         assert job.run_window is not None
@@ -208,7 +253,10 @@ class Executor:
                 break
             except DatabaseUnavailable:
                 await self.sleep(jobs.backoff(job.retries).delay_s(persist_attempt, self.rng))
-        await self.record(run)
+        else:
+            await self.record(run)  # no row to store it with: published at once
+            return run
+        await self.recorded(run)
         return run
 
     def _track(self, task: asyncio.Task[JobRun | None]) -> None:
@@ -237,7 +285,7 @@ def _end(run: JobRun, started_at: datetime, duration_ms: int | None,
     assert run.finished_at is not None
     return RunEnd(run.status, run.attempt, started_at, run.finished_at, duration_ms,
                   run.processed, run.affected, run.before, run.after, run.error_class,
-                  run.error_message, dict(progress or {}))
+                  run.error_message, dict(progress or {}), record=dumps(run))
 
 
 def _carry(outcome: Outcome, carried: dict[str, Any] | None,
@@ -325,5 +373,5 @@ async def undo_run(executor: Executor, job: Job, tag: str, lock: Lock) -> JobRun
     run = executor._run(job, started, "undo", 1, started, finished, status, outcome, error)
     run = run.model_copy(update={"undoes": tag})
     await db.finish(job.name, started, executor.runner_id, _end(run, started, run.duration_ms))
-    await executor.record(run)
+    await executor.recorded(run)
     return run

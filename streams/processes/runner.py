@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from schemas import JobRun, JobTrigger
+from schemas.wire import dumps
 from streams.jobs import decisions as jobs
 from streams.jobs.decisions import Disposition, OverlapAction
 from streams.jobs.model import Job, Overlap, Registry
@@ -54,6 +55,16 @@ def _decision_run(job: Job, scheduled_for: datetime, disposition: Disposition,
                   error_message=message)
 
 
+def _abandoned_run(row: Mapping[str, Any]) -> JobRun:
+    """The record of a slot failed because its runner went away mid-attempt."""
+    attempt = max(1, row["attempt"])
+    return JobRun(run_id=jobs.run_id(row["job"], row["scheduled_for"], attempt),
+                  job=row["job"], kind=row["kind"], scheduled_for=row["scheduled_for"],
+                  trigger=row["trigger"], attempt=attempt, started_at=None, finished_at=None,
+                  duration_ms=None, status="failed", error_class="Abandoned",
+                  error_message="the runner that claimed this slot went away before finishing it")
+
+
 class Runner(Executor):
     """Claims slots and executes them; IO through ``db`` and ``emit``, time through ``clock``."""
 
@@ -73,16 +84,19 @@ class Runner(Executor):
         """Fail the claimed slots of runners that went away, then resume those still inside
         their catch-up window with their attempts left (both kinds are idempotent, batch by
         batch); returns how many slots were abandoned."""
-        rows = await self.db.sweep_abandoned(self.runner_id, self.clock())
+        await self.publish_records()
+        abandoned: dict[tuple[str, datetime], JobRun] = {}
+
+        def record(row: Mapping[str, Any]) -> bytes:
+            run = _abandoned_run(row)
+            abandoned[row["job"], row["scheduled_for"]] = run
+            return dumps(run)
+
+        rows = await self.db.sweep_abandoned(self.runner_id, self.clock(), record)
         for row in rows:
-            attempt = max(1, row["attempt"])
-            await self.record(JobRun(
-                run_id=jobs.run_id(row["job"], row["scheduled_for"], attempt),
-                job=row["job"], kind=row["kind"], scheduled_for=row["scheduled_for"],
-                trigger=row["trigger"], attempt=attempt, started_at=None,
-                finished_at=None, duration_ms=None, status="failed", error_class="Abandoned",
-                error_message="the runner that claimed this slot went away before finishing it"))
-            await self._resume(row["job"], row["scheduled_for"], row["trigger"], attempt)
+            await self.recorded(abandoned[row["job"], row["scheduled_for"]])
+            await self._resume(row["job"], row["scheduled_for"], row["trigger"],
+                               max(1, row["attempt"]))
         return len(rows)
 
     async def _resume(self, name: str, scheduled_for: datetime, trigger: str,
@@ -110,7 +124,10 @@ class Runner(Executor):
 
     async def resume_partials(self) -> int:
         """Resume the partial runs whose job's window is open on the runner's clock (each
-        under its job's lock, so one at a time per job); returns how many started."""
+        under its job's lock, so one at a time per job); returns how many started. Records
+        still stored with their rows are published first (a partial run's before it goes
+        on)."""
+        await self.publish_records()
         started = 0
         for row in await self.db.partial_runs():
             job = self._job(row["job"])
@@ -181,9 +198,9 @@ class Runner(Executor):
         run = _decision_run(job, scheduled_for, disposition, late_s)
         claim = Claim(job.name, scheduled_for, job.kind, "schedule",
                       jobs.trigger_id(job.name, scheduled_for), tick_at, run.status,
-                      self.runner_id, run.error_message)
+                      self.runner_id, run.error_message, record=dumps(run))
         if await self.db.claim(claim, None, finished_at=self.clock()):
-            await self.record(run)
+            await self.recorded(run)
             return
         metrics.JOB_DUPLICATES.labels(job.name).inc()
         log.info("slot claimed before: trigger ignored", extra=fields(
@@ -219,8 +236,13 @@ class Runner(Executor):
             note = f"overlap ({job.overlap.value}): the previous run was still running"
         status = {OverlapAction.RUN: "running", OverlapAction.WAIT: "queued",
                   OverlapAction.SKIP: "skipped"}[action]
+        skipped = None if action is not OverlapAction.SKIP else JobRun(
+            run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
+            scheduled_for=scheduled_for, trigger=trigger, attempt=1,
+            started_at=None, finished_at=None, duration_ms=None, status="skipped",
+            error_message=note)
         claim = Claim(job.name, scheduled_for, job.kind, trigger, trigger_id, tick_at, status,
-                      self.runner_id, note)
+                      self.runner_id, note, record=None if skipped is None else dumps(skipped))
         try:
             claimed = await self.db.claim(
                 claim, holder, finished_at=self.clock() if action is OverlapAction.SKIP else None)
@@ -233,12 +255,8 @@ class Runner(Executor):
             log.info("slot claimed before: trigger ignored", extra=fields(
                 job=job.name, scheduled_for=jobs.z(scheduled_for), trigger=trigger))
             return None
-        if action is OverlapAction.SKIP:
-            await self.record(JobRun(
-                run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
-                scheduled_for=scheduled_for, trigger=trigger, attempt=1,
-                started_at=None, finished_at=None, duration_ms=None, status="skipped",
-                error_message=note))
+        if skipped is not None:
+            await self.recorded(skipped)
             return None
         assert holder is not None
         return self._start(self._execute(
@@ -247,16 +265,17 @@ class Runner(Executor):
     async def _claim_for_window(self, job: Job, scheduled_for: datetime, trigger: str,
                                 trigger_id: str, tick_at: datetime | None) -> None:
         note = self._window_note(job, stopped=False)
+        run = JobRun(
+            run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
+            scheduled_for=scheduled_for, trigger=trigger, attempt=1, started_at=None,
+            finished_at=None, duration_ms=None, status="partial", error_message=note,
+            progress={"rows_done": 0, "windows": 0})
         claim = Claim(job.name, scheduled_for, job.kind, trigger, trigger_id, tick_at,
-                      "partial", self.runner_id, note)
+                      "partial", self.runner_id, note, record=dumps(run))
         if not await self.db.claim(claim, None, finished_at=self.clock()):
             metrics.JOB_DUPLICATES.labels(job.name).inc()
             log.info("slot claimed before: trigger ignored", extra=fields(
                 job=job.name, scheduled_for=jobs.z(scheduled_for), trigger=trigger))
             return None
-        await self.record(JobRun(
-            run_id=jobs.run_id(job.name, scheduled_for, 1), job=job.name, kind=job.kind,
-            scheduled_for=scheduled_for, trigger=trigger, attempt=1, started_at=None,
-            finished_at=None, duration_ms=None, status="partial", error_message=note,
-            progress={"rows_done": 0, "windows": 0}))
+        await self.recorded(run)
         return None

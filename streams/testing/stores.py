@@ -58,6 +58,7 @@ class JobTables:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     locks: dict[str, dict[int, bool]] = field(default_factory=dict)  # job → session → shared
     alive: set[int] = field(default_factory=set)
+    publishing: set[int] = field(default_factory=set)  # rows whose record is being published
     sessions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     changed: asyncio.Condition | None = None  # made in the running loop, on first wait
 
@@ -152,7 +153,7 @@ class MemoryRunStore(MemoryDataStore):
             "finished_at": finished_at, "duration_ms": None, "processed": 0, "affected": 0,
             "before": {}, "after": {}, "error_class": None, "error_message": claim.note,
             "runner_id": claim.runner_id, "progress": {}, "undoes": claim.undoes,
-            "session": None if lock is None else lock.session}
+            "session": None if lock is None else lock.session, "record": claim.record}
         return True
 
     async def start_attempt(self, job: str, scheduled_for: datetime, attempt: int,
@@ -174,7 +175,8 @@ class MemoryRunStore(MemoryDataStore):
                    started_at=row["started_at"] or end.started_at, finished_at=end.finished_at,
                    duration_ms=end.duration_ms, processed=end.processed, affected=end.affected,
                    before=dict(end.before), after=dict(end.after), error_class=end.error_class,
-                   error_message=end.error_message, progress=dict(end.progress))
+                   error_message=end.error_message, progress=dict(end.progress),
+                   record=end.record)
         return True
 
     def _take(self, row: dict[str, Any], runner_id: str, lock: MemoryLock) -> None:
@@ -203,15 +205,40 @@ class MemoryRunStore(MemoryDataStore):
         row.update(error_class=None, error_message=None)
         return int(row["attempt"])
 
-    async def sweep_abandoned(self, runner_id: str, now: datetime) -> list[dict[str, Any]]:
+    async def sweep_abandoned(self, runner_id: str, now: datetime,
+                              record: Callable[[Mapping[str, Any]], bytes]
+                              ) -> list[dict[str, Any]]:
         gone = sorted((r for r in self.tables.runs.values()
                        if r["status"] in ("queued", "running") and r["runner_id"] != runner_id
                        and r["session"] not in self.tables.alive),
                       key=lambda r: (r["scheduled_for"], r["job"]))
-        for row in gone:
+        picked = [_pick(r, "job", "scheduled_for", "kind", "trigger", "attempt") for r in gone]
+        for row, seen in zip(gone, picked, strict=True):
             row.update(status="failed", finished_at=now, error_class="Abandoned",
-                       error_message=ABANDONED)
-        return [_pick(r, "job", "scheduled_for", "kind", "trigger", "attempt") for r in gone]
+                       error_message=ABANDONED, record=record(seen))
+        return picked
+
+    async def publish_records(self, publish: Callable[[list[bytes]], Awaitable[None]], *,
+                              limit: int, job: str | None = None,
+                              scheduled_for: datetime | None = None) -> int:
+        rows = sorted((r for r in self.tables.runs.values()
+                       if r["record"] is not None and id(r) not in self.tables.publishing
+                       and (job is None or (r["job"], r["scheduled_for"]) == (
+                           job, scheduled_for))),
+                      key=lambda r: (r["finished_at"] is not None,
+                                     r["finished_at"] or r["scheduled_for"],
+                                     r["scheduled_for"], r["job"]))[:limit]
+        if not rows:
+            return 0
+        # Held while ``publish`` runs, as PostgreSQL's row locks are (SKIP LOCKED).
+        self.tables.publishing.update(id(r) for r in rows)
+        try:
+            await publish([r["record"] for r in rows])
+            for row in rows:
+                row["record"] = None
+        finally:
+            self.tables.publishing.difference_update(id(r) for r in rows)
+        return len(rows)
 
     async def waiting_exists(self, job: str) -> bool:
         return any(r["job"] == job and r["status"] == "queued"
@@ -226,7 +253,8 @@ class MemoryRunStore(MemoryDataStore):
     async def runs(self, job: str) -> list[dict[str, Any]]:
         rows = sorted((r for r in self.tables.runs.values() if r["job"] == job),
                       key=lambda r: r["scheduled_for"])
-        return [{k: _copy(v) for k, v in r.items() if k != "session"} for r in rows]
+        return [{k: _copy(v) for k, v in r.items() if k not in ("session", "record")}
+                for r in rows]
 
     async def last_runs(self) -> dict[str, dict[str, Any]]:
         last: dict[str, dict[str, Any]] = {}

@@ -24,7 +24,7 @@ from streams.processes.execution import undo_run
 from streams.processes.runner import Runner
 from streams.stores import Claim, RunEnd
 from tests.integration.backends import Backend, BackendFactory, run
-from tests.integration.jobdb import NOW
+from tests.integration.jobdb import NOW, appender
 from tests.support import eventually
 
 pytestmark = pytest.mark.postgres
@@ -35,6 +35,16 @@ def _claim(status: str = "running", *, job: str = "archive", at: datetime = NOW,
            runner_id: str = "r1", note: str | None = None) -> Claim:
     return Claim(job, at, "archive_completed", "schedule", f"{job}@x", at, status, runner_id,
                  note)
+
+
+def _abandoned(row: Any) -> bytes:
+    return f"abandoned {row['job']}@{row['attempt']}".encode()
+
+
+def _into(out: list[bytes]) -> Any:
+    async def publish(records: list[bytes]) -> None:
+        out.extend(records)
+    return publish
 
 
 async def _still_waiting(task: asyncio.Task[Any]) -> bool:
@@ -172,19 +182,23 @@ def test_the_rows_of_a_runner_whose_sessions_ended_are_swept_once(
         assert await dying.start_attempt("archive", NOW, 1, NOW, lock, "dying")
         assert await live.claim(_claim("partial", at=NOW + timedelta(hours=1),
                                        runner_id="dying"), None, finished_at=NOW)
-        assert await live.sweep_abandoned("live", NOW) == []  # its session is alive
-        assert await dying.sweep_abandoned("dying", NOW) == []  # never one's own rows
+        assert await live.sweep_abandoned("live", NOW, _abandoned) == []  # its session lives
+        assert await dying.sweep_abandoned("dying", NOW, _abandoned) == []  # never its own
         await b.close(dying)
         swept: list[dict[str, Any]] = []
 
         async def gone() -> bool:
-            swept.extend(await live.sweep_abandoned("live", NOW))
+            swept.extend(await live.sweep_abandoned("live", NOW, _abandoned))
             return bool(swept)
 
         await eventually(gone, WAIT_S, "the dead runner's row swept")
         assert swept == [{"job": "archive", "scheduled_for": NOW, "kind": "archive_completed",
                           "trigger": "schedule", "attempt": 1}]
-        assert await live.sweep_abandoned("live", NOW) == []
+        assert await live.sweep_abandoned("live", NOW, _abandoned) == []
+        # The sweep stored the slot's record with its row, in the same transaction.
+        published: list[bytes] = []
+        assert await live.publish_records(_into(published), limit=10) == 1
+        assert published == [b"abandoned archive@1"]
         row = (await live.runs("archive"))[0]
         assert (row["status"], row["error_class"], row["finished_at"]) == (
             "failed", "Abandoned", NOW)
@@ -198,6 +212,63 @@ def test_the_rows_of_a_runner_whose_sessions_ended_are_swept_once(
             "running", "live", None, None)
         assert await live.start_attempt("archive", NOW, 2, NOW, taken, "live")
         await live.release(taken)
+
+    run(backend, scenario)
+
+
+def test_a_record_stored_with_a_rows_end_is_published_once(backend: BackendFactory) -> None:
+    """The run log's records travel with the rows: stored by the claim of a decided slot and
+    by a run's end, handed out oldest end first, cleared only once published, never to two
+    publishers at once, and kept when publishing fails."""
+    async def scenario(b: Backend) -> None:
+        one, two = await b.open(), await b.open()
+        later = NOW + timedelta(hours=1)
+        assert await one.claim(Claim("archive", later, "archive_completed", "schedule", "t",
+                                     later, "missed", "r1", "late", record=b"missed"), None,
+                               finished_at=later)
+        lock = await one.job_lock("archive", shared=False, wait=False)
+        assert await one.claim(_claim(), lock)
+        assert await one.claim(_claim(at=NOW + timedelta(hours=2)), lock)  # no record yet
+        assert await one.start_attempt("archive", NOW, 1, NOW, lock, "r1")
+        assert await one.finish("archive", NOW, "r1", RunEnd(
+            "succeeded", 1, NOW, NOW + timedelta(seconds=1), 1000, 3, 3, {}, {}, None, None,
+            record=b"succeeded"))
+        await one.release(lock)
+
+        async def broken(records: list[bytes]) -> None:
+            raise DatabaseError("the broker is away", "test")
+
+        with pytest.raises(DatabaseError):
+            await one.publish_records(broken, limit=10)
+        # A publisher holding records keeps the others off them until it is done.
+        held = asyncio.Event()
+        done = asyncio.Event()
+        first: list[bytes] = []
+
+        async def slow(records: list[bytes]) -> None:
+            first.extend(records)
+            held.set()
+            await done.wait()
+
+        task = asyncio.create_task(one.publish_records(slow, limit=1))
+        await held.wait()
+        second: list[bytes] = []
+        assert await two.publish_records(_into(second), limit=10) == 1
+        done.set()
+        assert await task == 1
+        assert (first, second) == ([b"succeeded"], [b"missed"])  # oldest end first
+        again: list[bytes] = []
+        assert await two.publish_records(_into(again), limit=10) == 0
+        assert again == []
+        # One slot's record only.
+        assert await one.claim(Claim("purge", NOW, "purge_expired", "schedule", "p", NOW,
+                                     "skipped", "r1", "overlap", record=b"skipped"), None,
+                               finished_at=NOW)
+        assert await one.publish_records(_into(again), limit=10, job="archive",
+                                         scheduled_for=NOW) == 0
+        assert await one.publish_records(_into(again), limit=10, job="purge",
+                                         scheduled_for=NOW) == 1
+        assert again == [b"skipped"]
 
     run(backend, scenario)
 
@@ -299,3 +370,48 @@ def test_an_archive_run_and_its_undo_through_the_runner(backend: BackendFactory)
          {"archived_by_run": 0, "blocked": 0}),
         ("undo", "succeeded", 0, {"archived_by_run": 0, "blocked": 0},
          {"archived_by_run": 0, "blocked": 0})]
+
+
+def test_a_runner_that_dies_before_publishing_a_runs_end_loses_no_record(
+        backend: BackendFactory) -> None:
+    """A runner killed after its run's end is written and before the broker acknowledged the
+    record (here: its publishing hangs, and the runner is cancelled and its pool closed): the
+    next runner's sweep publishes that record from the row, once. Without the record stored
+    with the row's end the run's end never reached scheduler.job-runs."""
+    job = registry.parse({"jobs": [{"name": "archive", "kind": "archive_completed",
+                                    "schedule": "0 * * * *",
+                                    "params": {"batch_size": 4}}]}).jobs[0]
+
+    async def scenario(b: Backend) -> tuple[list[JobRun], list[JobRun]]:
+        await b.seed_completed(6)
+        dying_store, live_store = await b.open(), await b.open()
+        reached = asyncio.Event()
+        lost: list[JobRun] = []
+
+        async def hang(run: JobRun) -> None:
+            lost.append(run)
+            reached.set()
+            await asyncio.Event().wait()  # the broker never acknowledges: killed meanwhile
+
+        clock = lambda: NOW + timedelta(seconds=1)  # noqa: E731
+        dying = Runner(registry.Registry((job,)), dying_store, clock=clock,
+                       rng=random.Random(1), emit=hang, runner_id="dying")
+        task = await dying.dispatch(job, NOW, "schedule", "t", NOW)
+        assert task is not None
+        await reached.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await b.close(dying_store)
+        emitted: list[JobRun] = []
+        live = Runner(registry.Registry((job,)), live_store, clock=clock,
+                      rng=random.Random(2), emit=appender(emitted), runner_id="live")
+        assert await live.sweep() == 0  # nothing abandoned: the run had ended
+        assert await live.sweep() == 0
+        assert await live.publish_records() == 0  # published once
+        rows = await live_store.runs(job.name)
+        assert [(r["status"], r["affected"]) for r in rows] == [("succeeded", 6)]
+        return lost, emitted
+
+    lost, emitted = run(backend, scenario)
+    assert [(r.status, r.affected) for r in lost] == [("succeeded", 6)]
+    assert emitted == lost
