@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from schemas import JobRun
-from streams.errors import DatabaseError
+from schemas.wire import dumps
+from streams.errors import BrokerUnavailable, DatabaseError, RecordRejected
 from streams.jobs import decisions as jobs
 from streams.jobs import registry
 from streams.processes.execution import undo_run
@@ -415,3 +416,48 @@ def test_a_runner_that_dies_before_publishing_a_runs_end_loses_no_record(
     lost, emitted = run(backend, scenario)
     assert [(r.status, r.affected) for r in lost] == [("succeeded", 6)]
     assert emitted == lost
+
+
+def test_a_stored_record_that_is_garbage_or_refused_is_dropped_not_retried_forever(
+        backend: BackendFactory) -> None:
+    """A stored record that does not decode, or that the broker refuses for good, is logged
+    and cleared: it never blocks the records after it. One the broker cannot take for now
+    (it is away) stays, with the whole batch, for the next sweep."""
+    job = registry.parse({"jobs": [{"name": "archive", "kind": "archive_completed",
+                                    "schedule": "0 * * * *"}]}).jobs[0]
+    slots = [NOW + timedelta(hours=h) for h in (1, 2, 3)]
+    refused, valid = (_decided(job.name, at) for at in slots[1:])
+
+    async def scenario(b: Backend) -> tuple[list[int], list[JobRun]]:
+        store = await b.open()
+        emitted: list[JobRun] = []
+        away = True
+
+        async def emit(run: JobRun) -> None:
+            if run.run_id == refused.run_id:
+                raise RecordRejected("too large for the topic")
+            if away:
+                raise BrokerUnavailable("the broker is away")
+            emitted.append(run)
+
+        runner = Runner(registry.Registry((job,)), store, clock=lambda: NOW,
+                        rng=random.Random(1), emit=emit)
+        for at, record in zip(slots, (b"\xff{not json", dumps(refused), dumps(valid)),
+                              strict=True):
+            assert await store.claim(Claim(job.name, at, job.kind, "schedule", "t", at,
+                                           "missed", "r1", "late", record=record),
+                                     None, finished_at=at)
+        counts = [await runner.publish_records()]  # the broker is away: all kept
+        away = False
+        counts += [await runner.publish_records(), await runner.publish_records()]
+        return counts, emitted
+
+    counts, emitted = run(backend, scenario)
+    assert counts == [0, 3, 0]
+    assert emitted == [valid]
+
+
+def _decided(job: str, at: datetime) -> JobRun:
+    return JobRun(run_id=jobs.run_id(job, at, 1), job=job, kind="archive_completed",
+                  scheduled_for=at, trigger="schedule", attempt=1, started_at=None,
+                  finished_at=None, duration_ms=None, status="missed", error_message="late")
