@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -158,6 +159,7 @@ class TimelineAgent:
                     continue
                 try:
                     effects.merge(state.tick(item.tick_at))
+                    self._log_held(partition, record.offset, state)
                 except Exception as exc:
                     if not caused_by_record(exc):
                         raise
@@ -211,6 +213,22 @@ class TimelineAgent:
             metrics.MISSED.labels("task.spawn").inc(effects.counts["missed_spawns"])
         self.counts.update(effects.counts)
         return outputs
+
+    @staticmethod
+    def _log_held(partition: int, offset: int, state: PartitionState) -> None:
+        """The keys whose firing raised at this tick: the tick went on without them."""
+        if not state.failures:
+            return
+        for key, error_class in state.failures:
+            kind = "user" if key.startswith("u|") else "task"
+            metrics.FIRES_HELD.labels(kind).inc()
+            # Not the key itself (user ids may be e-mail addresses), nor the message (it may
+            # quote a title): the key's hash finds it among the state changelog's keys.
+            log.error("firing failed: this key's later fires are held until it changes",
+                      extra=fields(partition=partition, offset=offset, kind=kind,
+                                   key_sha256=hashlib.sha256(key.encode()).hexdigest()[:16],
+                                   error_class=error_class))
+        state.failures.clear()
 
     def _refusal(self, record: Record, tick: Tick) -> str | None:
         """Why a live tick is refused, or None: too far ahead of the broker's clock."""

@@ -12,6 +12,8 @@ RECORDS = Counter("cronorch_records_total", "Records consumed", ["role"])
 EVENTS = Counter("cronorch_events_total", "Task events by outcome", ["outcome"])
 NOTIFICATIONS = Counter("cronorch_notifications_total", "Notifications emitted", ["kind"])
 MISSED = Counter("cronorch_fires_missed_total", "Fires past their catch-up window", ["kind"])
+FIRES_HELD = Counter("cronorch_fires_held_total", "Tasks or users whose firing raised at a tick: "
+                     "their later fires are held until they change", ["kind"])
 DEAD_LETTERS = Counter("cronorch_dead_letters_total", "Records sent to the dead-letter topic",
                        ["role"])
 TRANSACTIONS = Counter("cronorch_transactions_total", "Kafka transactions", ["role", "outcome"])

@@ -337,6 +337,8 @@ class PartitionState:
         self.user_tasks: dict[str, set[str]] = {}
         self.index = DueIndex()
         self._expiring: list[tuple[datetime, str]] = []  # (marker expiry, key), a heap
+        # (key, error class) of keys whose firing raised: read and cleared by the caller.
+        self.failures: list[tuple[str, str]] = []
 
     def _zone(self, user_id: str) -> tuple[ZoneInfo, DstPolicy]:
         user = self.users.get(user_id)
@@ -473,18 +475,34 @@ class PartitionState:
             if key in seen:
                 continue
             seen.add(key)
-            if key.startswith("u|"):
-                self._fire_digests(key[2:], tick_at, effects)
-            else:
-                state = self.tasks.get(key)
-                if state is not None and state.task is not None:
-                    self._fire_reminders(state, texts, effects)
-                    if state.task.recurrence is not None or state.completion_spawns:
-                        self._fire_spawns(state, tick_at, effects)
+            try:
+                if key.startswith("u|"):
+                    self._fire_digests(key[2:], tick_at, effects)
+                else:
+                    state = self.tasks.get(key)
+                    if state is not None and state.task is not None:
+                        self._fire_reminders(state, texts, effects)
+                        if state.task.recurrence is not None or state.completion_spawns:
+                            self._fire_spawns(state, tick_at, effects)
+            except MemoryError:
+                raise
+            except Exception as exc:  # one key's failure, not the tick's
+                self._held(key, exc, effects)
         self.watermark = tick_at
         effects.dirty.add(WATERMARK_KEY)
         effects.counts["ticks"] += 1
         return effects
+
+    def _held(self, key: str, exc: Exception, effects: Effects) -> None:
+        """A key whose firing raised (a planning bug, or a value no validation foresaw):
+        what it decided before the error stands (its outputs and its changes, written to
+        the changelog), its later fires are held until the task or user changes (it is not
+        indexed again), and the other keys of the tick and the watermark go on. The failure
+        is kept for the caller to log and count (``failures``): an error in one user's data
+        never costs the others their fires."""
+        effects.dirty.add(key)
+        effects.counts["fire_failures"] += 1
+        self.failures.append((key, type(exc).__name__))
 
     def _expire(self, tick_at: datetime, effects: Effects) -> None:
         """Markers past their retention leave the state; the changelog gets a tombstone."""

@@ -185,3 +185,51 @@ def test_a_tick_past_the_horizon_spawns_nothing_twice_across_a_restore() -> None
     again = [o.spawn_id for o in _ticks(restored, T0 + MINUTE, T0 + timedelta(hours=23))]
     # The day that began exactly 7 days before the tick is inside the window: 8 days.
     assert len(first) == 8 and again == []
+
+
+def test_a_key_whose_firing_raises_costs_no_other_key_its_fires(monkeypatch: Any) -> None:
+    """One task's firing raising (a planning bug, a value no validation foresaw) must not
+    cost the other tasks due on the same tick their fires, nor stop the watermark: before
+    this, the tick raised after the due keys were taken from the index, so every fire of
+    the partition due on that tick was lost. The failing key is reported, its later fires
+    are held, and it fires again once it changes."""
+    state = _state()
+    due = T0 + timedelta(hours=12)
+    for task_id in ("a-good", "b-bad", "c-good"):
+        state.apply(_upsert(task_id, T0, reminders=[{"before_minutes": 30}]))
+    real = PartitionState._fire_reminders
+
+    def flaky(self: PartitionState, task: Any, texts: Any, effects: Any) -> None:
+        real(self, task, texts, effects)  # what it decided before the error stands
+        if task.task_id == "b-bad":
+            raise ValueError("a planning bug")
+
+    monkeypatch.setattr(PartitionState, "_fire_reminders", flaky)
+    effects = state.tick(due - timedelta(minutes=30))
+    fired = sorted(o.task_id for o in effects.outputs if isinstance(o, ReminderFired))
+    assert fired == ["a-good", "b-bad", "c-good"]
+    assert state.watermark == due - timedelta(minutes=30)
+    assert state.failures == [("t|u|b-bad", "ValueError")]
+    assert effects.counts["fire_failures"] == 1
+    assert "t|u|b-bad" in effects.dirty
+    monkeypatch.setattr(PartitionState, "_fire_reminders", real)
+    state.failures.clear()
+    # The next ticks go on; a new version of the held task plans it again.
+    state.apply(_upsert("b-bad", T0, version=2, reminders=[{"before_minutes": 10}]))
+    later = _ticks(state, due - timedelta(minutes=29), due)
+    assert [o.task_id for o in later if isinstance(o, ReminderFired)] == ["b-bad"]
+    assert state.failures == []
+
+
+def test_a_failing_key_is_held_even_mid_digest_and_the_others_fire() -> None:
+    """A user whose digest raises (here: a zone that vanished from the tz database after it
+    was validated) is held; the tasks due on the same tick fire."""
+    state = _state()
+    state.apply(_upsert("t", T0, reminders=[{"before_minutes": 0}],
+                        due_at=T0 + timedelta(hours=8)))
+    state.users["u"].settings.__dict__["timezone"] = "Not/AZone"
+    effects = state.tick(T0 + timedelta(hours=8))
+    assert [o.task_id for o in effects.outputs if isinstance(o, ReminderFired)] == ["t"]
+    assert [o for o in effects.outputs if isinstance(o, DigestDaily)] == []
+    assert state.failures == [("u|u", "InvalidSchedule")]
+    assert state.watermark == T0 + timedelta(hours=8)
