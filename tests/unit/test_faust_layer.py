@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.app.base import App
 from faust.streams import Stream
 from faust.tables.base import Collection
@@ -57,6 +58,14 @@ def test_faust_internals_the_layer_relies_on() -> None:
     assert "message.generation_id != self.app.consumer_generation_id" in aiter
     assert "not self.app.flow_control.is_active()" in aiter
     assert "_current_event_contextvar.set(" in aiter
+    # Records that arrive while the flow is stopped are dropped, and faust seeks back to
+    # the committed offsets, where aiokafka skips a partition with none: hence
+    # Consumer.seek_to_committed.
+    getmany = inspect.getsource(faust_consumer.Consumer.getmany)
+    assert getmany.index("if self.flow_active:") < getmany.index("await self.perform_seek()")
+    assert "await self.seek_to_committed()" in inspect.getsource(
+        faust_consumer.Consumer.perform_seek)
+    assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
 
 
 class RecordingProducer:
@@ -182,3 +191,57 @@ def test_nothing_to_commit_commits_nothing() -> None:
         assert _sends(producer) == [("offsets", 3), ("commit",)]
 
     asyncio.run(scenario())
+
+
+class SeekingClient:
+    """The aiokafka consumer behind faust's consumer thread, as far as seeking goes."""
+
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self.committed = committed
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def seek_to_committed(self) -> dict[TopicPartition, int | None]:
+        self.calls.append(("committed",))
+        return self.committed
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.calls.append(("beginning", *tps))
+
+
+class ConsumerThread:
+    def __init__(self, client: SeekingClient) -> None:
+        self.client = client
+
+    def _ensure_consumer(self) -> SeekingClient:
+        return self.client
+
+    async def seek_to_committed(self) -> Any:
+        return await self.client.seek_to_committed()
+
+    async def call_thread(self, method: Any, *args: Any) -> Any:
+        return await method(*args)
+
+
+def _seeking_consumer(client: SeekingClient, reset: str) -> transport.Consumer:
+    consumer = transport.Consumer.__new__(transport.Consumer)
+    consumer._thread = ConsumerThread(client)  # type: ignore[assignment]
+    consumer.app = type("App", (), {  # type: ignore[assignment]
+        "conf": type("Conf", (), {"consumer_auto_offset_reset": reset}),
+        "tables": type("Tables", (), {"changelog_topics": {"app-table-changelog"}})})()
+    return consumer
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_the_seek_to_committed_takes_a_partition_without_a_commit_to_its_beginning(
+        reset: str) -> None:
+    """faust seeks back to the committed offsets after dropping fetched records; a
+    partition nobody has committed must go back too, or the dropped records are lost."""
+    fresh, zero, committed = (TopicPartition("src", p) for p in range(3))
+    changelog = TopicPartition("app-table-changelog", 0)  # faust's recovery positions it
+    offsets = {fresh: None, zero: 0, committed: 17, changelog: None}
+    client = SeekingClient(offsets)
+    result = asyncio.run(_seeking_consumer(client, reset).seek_to_committed())
+    assert result == offsets  # what faust's read offsets take
+    expected = [("committed",), ("beginning", fresh, zero)] if reset == "earliest" else [
+        ("committed",)]
+    assert client.calls == expected
