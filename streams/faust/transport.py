@@ -30,6 +30,7 @@ that is safe to commit, table recovery — and this module owns the transactions
 - A revoke first stops the streams, waits for the events in flight and commits their
   work, before faust forgets the revoked partitions' acks (after that nothing of theirs
   could commit, and an event held back behind a deferred commit would wait for ever).
+  A seek back meanwhile keeps the offsets faust counts as committed, for the same reason.
 - Any failure aborts the open transactions and crashes the app, and so does revoking a
   partition with uncommitted work all the same: faust's in-memory tables would otherwise
   keep changes whose changelog was just aborted. The next owner restores them from the
@@ -528,6 +529,23 @@ class Consumer(faust_aiokafka.Consumer):
                      extra=fields(role=ROLE, partitions=sorted(
                          f"{tp.topic}:{tp.partition}" for tp in fresh)))
         return committed
+
+    async def perform_seek(self) -> None:
+        # faust drops the acked offsets it offers for a commit, and counts them committed,
+        # even when the transaction defers that commit; the commit goes through once a
+        # later offer covers the deferred events. Seeking back during a revoke's drain
+        # (records fetched while the flow was stopped) set faust's committed offsets back
+        # to the broker's, below acked offsets it had already dropped: faust then offered
+        # nothing for the partition any more ("a gap at the head of the acked"), the
+        # deferred commit waited for ever and so did the drain (about 90 s, until the
+        # member was expelled). A partition keeps the committed offset faust counted.
+        counted = {tp: offset for tp, offset in self._committed_offset.items()
+                   if offset is not None}
+        await super().perform_seek()
+        for tp, offset in counted.items():
+            current = self._committed_offset.get(tp)
+            if current is None or current < offset:
+                self._committed_offset[tp] = offset
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # faust forgets the acks of revoked partitions first, and only then stops the

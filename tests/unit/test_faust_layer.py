@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections import defaultdict
 from typing import Any
 
 import faust
@@ -66,6 +67,13 @@ def test_faust_internals_the_layer_relies_on() -> None:
     assert "await self.seek_to_committed()" in inspect.getsource(
         faust_consumer.Consumer.perform_seek)
     assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    # faust counts an offered offset committed whatever the transaction did with it, and
+    # offers nothing while the acked offsets start past it: hence Consumer.perform_seek.
+    commit_offsets = inspect.getsource(faust_consumer.Consumer._commit_offsets)
+    assert commit_offsets.index("if did_commit:") < commit_offsets.index(
+        "self._committed_offset.update(committable_offsets)")
+    assert "if min(acked) - committed_offset > 1:" in inspect.getsource(
+        faust_consumer.Consumer._new_offset)
 
 
 class RecordingProducer:
@@ -245,3 +253,22 @@ def test_the_seek_to_committed_takes_a_partition_without_a_commit_to_its_beginni
     expected = [("committed",), ("beginning", fresh, zero)] if reset == "earliest" else [
         ("committed",)]
     assert client.calls == expected
+
+
+def test_seeking_back_keeps_the_offsets_faust_counted_committed_while_a_commit_is_deferred(
+        ) -> None:
+    """faust drops the acked offsets it offers for a commit even when the transaction
+    defers it. A seek back during a revoke's drain used to set faust's committed offset to
+    the broker's, below offsets it had dropped: it then offered nothing for the partition
+    again, and the drain waited for the deferred commit for ever."""
+    tp = TopicPartition("src", 0)
+    client = SeekingClient({tp: 405})  # the broker's: the deferred commits are not in it
+    consumer = _seeking_consumer(client, "earliest")
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._committed_offset = defaultdict(lambda: None, {tp: 450})  # 405-449 dropped
+    consumer._acked = defaultdict(list, {tp: list(range(450, 461))})
+    consumer._acked_index = defaultdict(set, {tp: set(range(450, 461))})
+    consumer._gap = defaultdict(faust_consumer.IntervalTree)  # faust's own gap bookkeeping
+    asyncio.run(consumer.perform_seek())
+    assert consumer._read_offset[tp] == 405  # fetching goes back to the broker's offset...
+    assert consumer._new_offset(tp) == 461  # ...and faust can still offer the next commit
