@@ -514,9 +514,9 @@ class Consumer(faust_aiokafka.Consumer):
         # under way), with the client's position already past them, and seeks back to
         # the committed offsets to read them again. aiokafka leaves a partition that has
         # no committed offset where it is, so there the dropped records were never read
-        # again and the next commit passed them: a member that leaves before its first
-        # commit hands over such partitions (the two-worker rebalance test lost hundreds
-        # of fires that way). They go back to where a new owner would start. Only for
+        # again and the next commit passed them: a rebalance before a partition's first
+        # commit meets that (the two-worker rebalance test's early ones lost hundreds of
+        # fires that way). They go back to where a new owner would start. Only for
         # "earliest": with "latest" the start is the end at assignment, long gone by now.
         # Not table changelogs: nobody commits those, and faust's recovery positions them.
         committed = await super().seek_to_committed()
