@@ -24,10 +24,13 @@ that is safe to commit, table recovery — and this module owns the transactions
   every send of the transaction, then puts O in the same transaction and commits it.
 - Events that faust's streams skip during a rebalance (stale generation, flow stopped)
   are acked by faust without being processed; here they stay uncommitted, so the offset
-  never passes them and the seek after the rebalance delivers them again.
+  never passes them and the seek after the rebalance delivers them again. That seek
+  takes a partition with no committed offset back to its beginning (aiokafka's leaves
+  it past the records faust dropped, which were then lost).
 - A revoke first stops the streams, waits for the events in flight and commits their
   work, before faust forgets the revoked partitions' acks (after that nothing of theirs
   could commit, and an event held back behind a deferred commit would wait for ever).
+  A seek back meanwhile keeps the offsets faust counts as committed, for the same reason.
 - Any failure aborts the open transactions and crashes the app, and so does revoking a
   partition with uncommitted work all the same: faust's in-memory tables would otherwise
   keep changes whose changelog was just aborted. The next owner restores them from the
@@ -505,6 +508,44 @@ class Consumer(faust_aiokafka.Consumer):
             raise ConfigError("processing_guarantee", "must be 'exactly_once' with the "
                               "cronorch transport")
         await super().on_start()
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        # faust drops the records that reach it while its flow is stopped (a rebalance
+        # under way), with the client's position already past them, and seeks back to
+        # the committed offsets to read them again. aiokafka leaves a partition that has
+        # no committed offset where it is, so there the dropped records were never read
+        # again and the next commit passed them: a rebalance before a partition's first
+        # commit meets that (the two-worker rebalance test's early ones lost hundreds of
+        # fires that way). They go back to where a new owner would start. Only for
+        # "earliest": with "latest" the start is the end at assignment, long gone by now.
+        # Not table changelogs: nobody commits those, and faust's recovery positions them.
+        committed = await super().seek_to_committed()
+        fresh = [tp for tp, offset in committed.items()
+                 if (offset is None or offset <= 0) and not self._is_changelog_tp(tp)]
+        if fresh and self.app.conf.consumer_auto_offset_reset == "earliest":
+            thread = self._thread
+            await thread.call_thread(thread._ensure_consumer().seek_to_beginning, *fresh)
+            log.info("partitions without a committed offset sought to the beginning",
+                     extra=fields(role=ROLE, partitions=sorted(
+                         f"{tp.topic}:{tp.partition}" for tp in fresh)))
+        return committed
+
+    async def perform_seek(self) -> None:
+        # faust drops the acked offsets it offers for a commit, and counts them committed,
+        # even when the transaction defers that commit; the commit goes through once a
+        # later offer covers the deferred events. Seeking back during a revoke's drain
+        # (records fetched while the flow was stopped) set faust's committed offsets back
+        # to the broker's, below acked offsets it had already dropped: faust then offered
+        # nothing for the partition any more ("a gap at the head of the acked"), the
+        # deferred commit waited for ever and so did the drain (about 90 s, until the
+        # member was expelled). A partition keeps the committed offset faust counted.
+        counted = {tp: offset for tp, offset in self._committed_offset.items()
+                   if offset is not None}
+        await super().perform_seek()
+        for tp, offset in counted.items():
+            current = self._committed_offset.get(tp)
+            if current is None or current < offset:
+                self._committed_offset[tp] = offset
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # faust forgets the acks of revoked partitions first, and only then stops the

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections import defaultdict
 from typing import Any
 
 import faust
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.app.base import App
 from faust.streams import Stream
 from faust.tables.base import Collection
@@ -57,6 +59,21 @@ def test_faust_internals_the_layer_relies_on() -> None:
     assert "message.generation_id != self.app.consumer_generation_id" in aiter
     assert "not self.app.flow_control.is_active()" in aiter
     assert "_current_event_contextvar.set(" in aiter
+    # Records that arrive while the flow is stopped are dropped, and faust seeks back to
+    # the committed offsets, where aiokafka skips a partition with none: hence
+    # Consumer.seek_to_committed.
+    getmany = inspect.getsource(faust_consumer.Consumer.getmany)
+    assert getmany.index("if self.flow_active:") < getmany.index("await self.perform_seek()")
+    assert "await self.seek_to_committed()" in inspect.getsource(
+        faust_consumer.Consumer.perform_seek)
+    assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    # faust counts an offered offset committed whatever the transaction did with it, and
+    # offers nothing while the acked offsets start past it: hence Consumer.perform_seek.
+    commit_offsets = inspect.getsource(faust_consumer.Consumer._commit_offsets)
+    assert commit_offsets.index("if did_commit:") < commit_offsets.index(
+        "self._committed_offset.update(committable_offsets)")
+    assert "if min(acked) - committed_offset > 1:" in inspect.getsource(
+        faust_consumer.Consumer._new_offset)
 
 
 class RecordingProducer:
@@ -182,3 +199,76 @@ def test_nothing_to_commit_commits_nothing() -> None:
         assert _sends(producer) == [("offsets", 3), ("commit",)]
 
     asyncio.run(scenario())
+
+
+class SeekingClient:
+    """The aiokafka consumer behind faust's consumer thread, as far as seeking goes."""
+
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self.committed = committed
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def seek_to_committed(self) -> dict[TopicPartition, int | None]:
+        self.calls.append(("committed",))
+        return self.committed
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self.calls.append(("beginning", *tps))
+
+
+class ConsumerThread:
+    def __init__(self, client: SeekingClient) -> None:
+        self.client = client
+
+    def _ensure_consumer(self) -> SeekingClient:
+        return self.client
+
+    async def seek_to_committed(self) -> Any:
+        return await self.client.seek_to_committed()
+
+    async def call_thread(self, method: Any, *args: Any) -> Any:
+        return await method(*args)
+
+
+def _seeking_consumer(client: SeekingClient, reset: str) -> transport.Consumer:
+    consumer = transport.Consumer.__new__(transport.Consumer)
+    consumer._thread = ConsumerThread(client)  # type: ignore[assignment]
+    consumer.app = type("App", (), {  # type: ignore[assignment]
+        "conf": type("Conf", (), {"consumer_auto_offset_reset": reset}),
+        "tables": type("Tables", (), {"changelog_topics": {"app-table-changelog"}})})()
+    return consumer
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_the_seek_to_committed_takes_a_partition_without_a_commit_to_its_beginning(
+        reset: str) -> None:
+    """faust seeks back to the committed offsets after dropping fetched records; a
+    partition nobody has committed must go back too, or the dropped records are lost."""
+    fresh, zero, committed = (TopicPartition("src", p) for p in range(3))
+    changelog = TopicPartition("app-table-changelog", 0)  # faust's recovery positions it
+    offsets = {fresh: None, zero: 0, committed: 17, changelog: None}
+    client = SeekingClient(offsets)
+    result = asyncio.run(_seeking_consumer(client, reset).seek_to_committed())
+    assert result == offsets  # what faust's read offsets take
+    expected = [("committed",), ("beginning", fresh, zero)] if reset == "earliest" else [
+        ("committed",)]
+    assert client.calls == expected
+
+
+def test_seeking_back_keeps_the_offsets_faust_counted_committed_while_a_commit_is_deferred(
+        ) -> None:
+    """faust drops the acked offsets it offers for a commit even when the transaction
+    defers it. A seek back during a revoke's drain used to set faust's committed offset to
+    the broker's, below offsets it had dropped: it then offered nothing for the partition
+    again, and the drain waited for the deferred commit for ever."""
+    tp = TopicPartition("src", 0)
+    client = SeekingClient({tp: 405})  # the broker's: the deferred commits are not in it
+    consumer = _seeking_consumer(client, "earliest")
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._committed_offset = defaultdict(lambda: None, {tp: 450})  # 405-449 dropped
+    consumer._acked = defaultdict(list, {tp: list(range(450, 461))})
+    consumer._acked_index = defaultdict(set, {tp: set(range(450, 461))})
+    consumer._gap = defaultdict(faust_consumer.IntervalTree)  # faust's own gap bookkeeping
+    asyncio.run(consumer.perform_seek())
+    assert consumer._read_offset[tp] == 405  # fetching goes back to the broker's offset...
+    assert consumer._new_offset(tp) == 461  # ...and faust can still offer the next commit
