@@ -59,7 +59,7 @@ class RunEnd:
     error_class: str | None
     error_message: str | None
     progress: Mapping[str, Any] = field(default_factory=dict)
-    record: bytes | None = None  # the run-log record of this end, stored with it to publish
+    record: bytes | None = None  # the run-log record of this end, appended to the row's
 
 
 class RunStore(DataStore, Protocol[L]):
@@ -108,12 +108,18 @@ class RunStore(DataStore, Protocol[L]):
         """Fail every queued or running slot of another runner whose session is gone, each
         with ``record(row)`` (its run-log record) stored in the same transaction."""
 
+    async def stage_record(self, job: str, scheduled_for: datetime, runner_id: str,
+                           record: bytes) -> bool:
+        """Append a run-log record (a failed attempt about to be retried) to the slot's
+        unpublished ones; False if the slot is not ours (queued or running) any more."""
+
     async def publish_records(self, publish: Callable[[list[bytes]], Awaitable[None]], *,
                               limit: int, job: str | None = None,
                               scheduled_for: datetime | None = None) -> int:
-        """Hand the stored, unpublished run-log records (oldest end first; of one slot if
-        ``job`` is given) to ``publish`` and clear them once it returned, in one transaction;
-        records another runner is publishing are skipped. Returns how many were published;
+        """Hand the stored, unpublished run-log records (rows oldest end first, each row's
+        in the order they were appended; of one slot if ``job`` is given) to ``publish`` and
+        clear them once it returned, in one transaction; rows another runner is publishing
+        are skipped. Returns how many were published;
         if ``publish`` raises, none is cleared."""
 
     async def waiting_exists(self, job: str) -> bool: ...

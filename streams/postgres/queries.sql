@@ -40,8 +40,9 @@ SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
 
 -- name: claim_slot
 INSERT INTO job_runs (job, scheduled_for, kind, trigger, trigger_id, tick_at, status, runner_id,
-                      backend_pid, backend_start, error_message, finished_at, undoes, record)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                      backend_pid, backend_start, error_message, finished_at, undoes, records)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+        CASE WHEN $14::bytea IS NULL THEN NULL ELSE ARRAY[$14::bytea] END)
 ON CONFLICT (job, scheduled_for) DO NOTHING
 RETURNING job;
 
@@ -56,7 +57,8 @@ RETURNING job;
 UPDATE job_runs
    SET status = $3, attempt = $4, started_at = COALESCE(started_at, $5), finished_at = $6,
        duration_ms = $7, processed = $8, affected = $9, before = $10, after = $11,
-       error_class = $12, error_message = $13, progress = $15, record = $16
+       error_class = $12, error_message = $13, progress = $15,
+       records = CASE WHEN $16::bytea IS NULL THEN records ELSE array_append(records, $16) END
  WHERE job = $1 AND scheduled_for = $2 AND runner_id = $14 AND status IN ('queued', 'running')
 RETURNING job;
 
@@ -97,22 +99,29 @@ SELECT r.job, r.scheduled_for, r.kind, r.trigger, r.attempt
 UPDATE job_runs
    SET status = 'failed', finished_at = $3, error_class = 'Abandoned',
        error_message = 'the runner that claimed this slot went away before finishing it',
-       record = $4
+       records = array_append(records, $4::bytea)
  WHERE job = $1 AND scheduled_for = $2;
 
+-- name: stage_record
+-- An attempt that failed and is retried: its record, appended while the slot is still ours.
+UPDATE job_runs SET records = array_append(records, $3::bytea)
+ WHERE job = $1 AND scheduled_for = $2 AND runner_id = $4 AND status IN ('queued', 'running')
+RETURNING job;
+
 -- name: pending_records
--- Run-log records stored with their rows and not yet published, oldest end first; rows
--- another runner is publishing are skipped. $1/$2 narrow it to one slot (NULL: any).
-SELECT job, scheduled_for, record
+-- Rows with run-log records not yet published, oldest end first (each row's records in the
+-- order they were appended); rows another runner is publishing are skipped. $1/$2 narrow it
+-- to one slot (NULL: any).
+SELECT job, scheduled_for, records
   FROM job_runs
- WHERE record IS NOT NULL
+ WHERE records IS NOT NULL
    AND ($1::text IS NULL OR (job = $1 AND scheduled_for = $2))
  ORDER BY finished_at NULLS FIRST, scheduled_for, job
  LIMIT $3
    FOR UPDATE SKIP LOCKED;
 
 -- name: records_published
-UPDATE job_runs SET record = NULL
+UPDATE job_runs SET records = NULL
  WHERE (job, scheduled_for) IN (SELECT * FROM unnest($1::text[], $2::timestamptz[]));
 
 -- name: reclaim_abandoned

@@ -4,8 +4,9 @@ and the ``DataStore`` the built-in kinds run against (archive, purge, undo).
 Implements ``streams.stores.RunStore[JobLock]``. A ``JobLock`` is a pool connection of its
 own: the job's advisory lock lives as long as its session, and a claimed row stores the
 session's identity (pid, backend start), so ``sweep_abandoned`` can tell a dead runner's row
-from a live one. A row that ends (or is decided) stores its run-log record with the end, and
-``publish_records`` publishes and clears it in one transaction, so no record is lost to a
+from a live one. Every change of a row that makes a run-log record (a retried attempt's
+failure, the end, a decision) appends that record to the row in the same statement, and
+``publish_records`` publishes and clears them in one transaction, so no record is lost to a
 crash. Every statement is a named query of ``queries.sql``; errors are translated
 by the connector. Also serves ``cronorch jobs list|pause|resume``.
 """
@@ -166,6 +167,12 @@ class PgRunStore:
                                    record(row))
         return rows
 
+    async def stage_record(self, job: str, scheduled_for: datetime, runner_id: str,
+                           record: bytes) -> bool:
+        """Append ``record`` to the slot's unpublished records while it is ours."""
+        return await self.db.fetchval("stage_record", job, scheduled_for, record,
+                                      runner_id) is not None
+
     async def publish_records(self, publish: Callable[[list[bytes]], Awaitable[None]], *,
                               limit: int, job: str | None = None,
                               scheduled_for: datetime | None = None) -> int:
@@ -174,12 +181,13 @@ class PgRunStore:
         q = queries()
         async with self.db.transaction() as conn:
             rows = await conn.fetch(q["pending_records"], job, scheduled_for, limit)
-            if not rows:
+            records = [bytes(record) for r in rows for record in r["records"]]
+            if not records:
                 return 0
-            await publish([bytes(r["record"]) for r in rows])
+            await publish(records)
             await conn.execute(q["records_published"], [r["job"] for r in rows],
                                [r["scheduled_for"] for r in rows])
-        return len(rows)
+        return len(records)
 
     async def runs(self, job: str) -> list[dict[str, Any]]:
         rows = [dict(r) for r in await self.db.fetch("job_runs", job)]

@@ -6,8 +6,8 @@ job's kind against the store with every batch bounded (``BatchBounded``) and pac
 between batches when the clock passes the run window's end (status ``partial``, progress
 carried to the next window), retries retriable failures with backoff, and writes the row's
 end even if PostgreSQL is briefly away. Every run ends in the run log: one JSON line, a
-metric and a scheduler.job-runs record; the slot's last record is stored with its row's end
-and published from there (``recorded``, ``publish_records``), so a crash never loses it.
+metric and a scheduler.job-runs record; each record is stored with the row's change that
+made it and published from there (``recorded``, ``publish_records``), so no crash loses it.
 An archive run is undone by ``undo_run``. IO goes through the ``RunStore`` port and
 ``emit``; time through ``clock``.
 """
@@ -75,9 +75,8 @@ class Executor:
         return task
 
     async def record(self, run: JobRun) -> None:
-        """An attempt that does not end its slot (it is retried): one JSON line, a metric and
-        a scheduler.job-runs record published at once, best effort (the slot's end is the
-        record no crash loses, ``recorded``)."""
+        """A record with no row to store it in (PostgreSQL away): one JSON line, a metric
+        and a scheduler.job-runs record published at once, best effort."""
         _log_run(run)
         try:
             await self.emit(run)
@@ -86,8 +85,9 @@ class Executor:
                 run_id=run.run_id, error_class=type(exc).__name__))
 
     async def recorded(self, run: JobRun) -> None:
-        """A slot's end or decision, whose record the row stored with it: one JSON line, a
-        metric, then the record published from the row (``publish_records``)."""
+        """A change of a slot whose record the row stored with it (a retried failure, the
+        end, a decision): one JSON line, a metric, then the row's records published
+        (``publish_records``)."""
         _log_run(run)
         await self.publish_records(run.job, run.scheduled_for)
 
@@ -210,8 +210,9 @@ class Executor:
                     return await self._finish(job, scheduled_for, trigger, attempt, started,
                                               first_started, finished, "failed", outcome, error)
                 metrics.JOB_RETRIES.labels(job.name).inc()
-                await self.record(self._run(job, scheduled_for, trigger, attempt, started,
-                                            finished, "failed", outcome, error))
+                await self._retried(job, scheduled_for, self._run(
+                    job, scheduled_for, trigger, attempt, started, finished, "failed", outcome,
+                    error))
                 log.info("job attempt failed: retrying", extra=fields(
                     job=job.name, scheduled_for=jobs.z(scheduled_for), attempt=attempt,
                     delay_s=round(decision.delay_s, 3)))
@@ -221,6 +222,20 @@ class Executor:
                 await self.sleep(decision.delay_s)
         finally:
             await self.db.release(holder)
+
+    async def _retried(self, job: Job, scheduled_for: datetime, run: JobRun) -> None:
+        """A failed attempt that will be retried: its record appended to the row (so no
+        crash loses it) and published from there; published at once if PostgreSQL, the
+        likely cause of the failure, cannot take it now."""
+        try:
+            staged = await self.db.stage_record(job.name, scheduled_for, self.runner_id,
+                                                dumps(run))
+        except SchedulerError:
+            staged = False
+        if staged:
+            await self.recorded(run)
+        else:
+            await self.record(run)
 
     def _run(self, job: Job, scheduled_for: datetime, trigger: str, attempt: int,
              started: datetime, finished: datetime, status: str, outcome: Outcome,

@@ -153,7 +153,8 @@ class MemoryRunStore(MemoryDataStore):
             "finished_at": finished_at, "duration_ms": None, "processed": 0, "affected": 0,
             "before": {}, "after": {}, "error_class": None, "error_message": claim.note,
             "runner_id": claim.runner_id, "progress": {}, "undoes": claim.undoes,
-            "session": None if lock is None else lock.session, "record": claim.record}
+            "session": None if lock is None else lock.session,
+            "records": None if claim.record is None else [claim.record]}
         return True
 
     async def start_attempt(self, job: str, scheduled_for: datetime, attempt: int,
@@ -175,8 +176,9 @@ class MemoryRunStore(MemoryDataStore):
                    started_at=row["started_at"] or end.started_at, finished_at=end.finished_at,
                    duration_ms=end.duration_ms, processed=end.processed, affected=end.affected,
                    before=dict(end.before), after=dict(end.after), error_class=end.error_class,
-                   error_message=end.error_message, progress=dict(end.progress),
-                   record=end.record)
+                   error_message=end.error_message, progress=dict(end.progress))
+        if end.record is not None:
+            _append(row, end.record)
         return True
 
     def _take(self, row: dict[str, Any], runner_id: str, lock: MemoryLock) -> None:
@@ -215,14 +217,23 @@ class MemoryRunStore(MemoryDataStore):
         picked = [_pick(r, "job", "scheduled_for", "kind", "trigger", "attempt") for r in gone]
         for row, seen in zip(gone, picked, strict=True):
             row.update(status="failed", finished_at=now, error_class="Abandoned",
-                       error_message=ABANDONED, record=record(seen))
+                       error_message=ABANDONED)
+            _append(row, record(seen))
         return picked
+
+    async def stage_record(self, job: str, scheduled_for: datetime, runner_id: str,
+                           record: bytes) -> bool:
+        row = self._ours(job, scheduled_for, runner_id)
+        if row is None:
+            return False
+        _append(row, record)
+        return True
 
     async def publish_records(self, publish: Callable[[list[bytes]], Awaitable[None]], *,
                               limit: int, job: str | None = None,
                               scheduled_for: datetime | None = None) -> int:
         rows = sorted((r for r in self.tables.runs.values()
-                       if r["record"] is not None and id(r) not in self.tables.publishing
+                       if r["records"] is not None and id(r) not in self.tables.publishing
                        and (job is None or (r["job"], r["scheduled_for"]) == (
                            job, scheduled_for))),
                       key=lambda r: (r["finished_at"] is not None,
@@ -233,12 +244,15 @@ class MemoryRunStore(MemoryDataStore):
         # Held while ``publish`` runs, as PostgreSQL's row locks are (SKIP LOCKED).
         self.tables.publishing.update(id(r) for r in rows)
         try:
-            await publish([r["record"] for r in rows])
-            for row in rows:
-                row["record"] = None
+            taken = [list(r["records"]) for r in rows]
+            flat = [record for records in taken for record in records]
+            await publish(flat)
+            for row, records in zip(rows, taken, strict=True):
+                # PostgreSQL's append waits for the row lock and lands after the clear.
+                row["records"] = row["records"][len(records):] or None
         finally:
             self.tables.publishing.difference_update(id(r) for r in rows)
-        return len(rows)
+        return len(flat)
 
     async def waiting_exists(self, job: str) -> bool:
         return any(r["job"] == job and r["status"] == "queued"
@@ -253,7 +267,7 @@ class MemoryRunStore(MemoryDataStore):
     async def runs(self, job: str) -> list[dict[str, Any]]:
         rows = sorted((r for r in self.tables.runs.values() if r["job"] == job),
                       key=lambda r: r["scheduled_for"])
-        return [{k: _copy(v) for k, v in r.items() if k not in ("session", "record")}
+        return [{k: _copy(v) for k, v in r.items() if k not in ("session", "records")}
                 for r in rows]
 
     async def last_runs(self) -> dict[str, dict[str, Any]]:
@@ -298,6 +312,10 @@ class MemoryRunStore(MemoryDataStore):
         state = self.tables.states.get(job)
         if state is not None and not state["paused"]:
             state["resume_from"] = None
+
+
+def _append(row: dict[str, Any], record: bytes) -> None:
+    row["records"] = [*(row["records"] or ()), record]
 
 
 def _check(status: str, trigger: str) -> None:

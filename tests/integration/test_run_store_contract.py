@@ -218,9 +218,10 @@ def test_the_rows_of_a_runner_whose_sessions_ended_are_swept_once(
 
 
 def test_a_record_stored_with_a_rows_end_is_published_once(backend: BackendFactory) -> None:
-    """The run log's records travel with the rows: stored by the claim of a decided slot and
-    by a run's end, handed out oldest end first, cleared only once published, never to two
-    publishers at once, and kept when publishing fails."""
+    """The run log's records travel with the rows: stored by the claim of a decided slot, by
+    a retried attempt's failure and by a run's end, handed out oldest end first and in order,
+    cleared only once published, never to two publishers at once, and kept when publishing
+    fails."""
     async def scenario(b: Backend) -> None:
         one, two = await b.open(), await b.open()
         later = NOW + timedelta(hours=1)
@@ -231,9 +232,13 @@ def test_a_record_stored_with_a_rows_end_is_published_once(backend: BackendFacto
         assert await one.claim(_claim(), lock)
         assert await one.claim(_claim(at=NOW + timedelta(hours=2)), lock)  # no record yet
         assert await one.start_attempt("archive", NOW, 1, NOW, lock, "r1")
+        assert await one.stage_record("archive", NOW, "r1", b"failed#1")
+        assert not await one.stage_record("archive", NOW, "other", b"not ours")
+        assert await one.start_attempt("archive", NOW, 2, NOW, lock, "r1")
         assert await one.finish("archive", NOW, "r1", RunEnd(
-            "succeeded", 1, NOW, NOW + timedelta(seconds=1), 1000, 3, 3, {}, {}, None, None,
+            "succeeded", 2, NOW, NOW + timedelta(seconds=1), 1000, 3, 3, {}, {}, None, None,
             record=b"succeeded"))
+        assert not await one.stage_record("archive", NOW, "r1", b"ended")
         await one.release(lock)
 
         async def broken(records: list[bytes]) -> None:
@@ -256,8 +261,9 @@ def test_a_record_stored_with_a_rows_end_is_published_once(backend: BackendFacto
         second: list[bytes] = []
         assert await two.publish_records(_into(second), limit=10) == 1
         done.set()
-        assert await task == 1
-        assert (first, second) == ([b"succeeded"], [b"missed"])  # oldest end first
+        assert await task == 2
+        # Oldest end first, each row's records in the order they were stored.
+        assert (first, second) == ([b"failed#1", b"succeeded"], [b"missed"])
         again: list[bytes] = []
         assert await two.publish_records(_into(again), limit=10) == 0
         assert again == []
@@ -272,6 +278,39 @@ def test_a_record_stored_with_a_rows_end_is_published_once(backend: BackendFacto
         assert again == [b"skipped"]
 
     run(backend, scenario)
+
+
+def test_a_record_stored_while_its_row_is_being_published_is_kept(
+        backend: BackendFactory) -> None:
+    """A runner stores a record on a row whose earlier records another runner is publishing
+    right then: the new record survives that publisher's clear and goes out next time."""
+    async def scenario(b: Backend) -> tuple[list[bytes], list[bytes]]:
+        publisher, runner = await b.open(), await b.open()
+        lock = await runner.job_lock("archive", shared=False, wait=False)
+        assert await runner.claim(_claim(), lock)
+        assert await runner.start_attempt("archive", NOW, 1, NOW, lock, "r1")
+        assert await runner.stage_record("archive", NOW, "r1", b"failed#1")
+        held, done = asyncio.Event(), asyncio.Event()
+        first: list[bytes] = []
+
+        async def slow(records: list[bytes]) -> None:
+            first.extend(records)
+            held.set()
+            await done.wait()
+
+        publishing = asyncio.create_task(publisher.publish_records(slow, limit=10))
+        await held.wait()
+        staging = asyncio.create_task(runner.stage_record("archive", NOW, "r1", b"failed#2"))
+        await asyncio.sleep(0.2)  # on PostgreSQL it waits for the row lock
+        done.set()
+        assert await publishing == 1
+        assert await staging
+        later: list[bytes] = []
+        assert await publisher.publish_records(_into(later), limit=10) == 1
+        await runner.release(lock)
+        return first, later
+
+    assert run(backend, scenario) == ([b"failed#1"], [b"failed#2"])
 
 
 def test_a_partial_run_is_resumed_by_one_runner(backend: BackendFactory) -> None:
