@@ -48,6 +48,20 @@ def _into(out: list[bytes]) -> Any:
     return publish
 
 
+class _Holding:
+    """A publisher that takes its records and holds them (its transaction open, the rows
+    locked) until ``done`` is set; ``held`` is set once it has them."""
+
+    def __init__(self) -> None:
+        self.held, self.done = asyncio.Event(), asyncio.Event()
+        self.records: list[bytes] = []
+
+    async def publish(self, records: list[bytes]) -> None:
+        self.records.extend(records)
+        self.held.set()
+        await self.done.wait()
+
+
 async def _still_waiting(task: asyncio.Task[Any]) -> bool:
     """True if ``task`` has not finished within a moment (it is blocked on a lock)."""
     try:
@@ -247,23 +261,15 @@ def test_a_record_stored_with_a_rows_end_is_published_once(backend: BackendFacto
         with pytest.raises(DatabaseError):
             await one.publish_records(broken, limit=10)
         # A publisher holding records keeps the others off them until it is done.
-        held = asyncio.Event()
-        done = asyncio.Event()
-        first: list[bytes] = []
-
-        async def slow(records: list[bytes]) -> None:
-            first.extend(records)
-            held.set()
-            await done.wait()
-
-        task = asyncio.create_task(one.publish_records(slow, limit=1))
-        await held.wait()
+        first = _Holding()
+        task = asyncio.create_task(one.publish_records(first.publish, limit=1))
+        await first.held.wait()
         second: list[bytes] = []
         assert await two.publish_records(_into(second), limit=10) == 1
-        done.set()
+        first.done.set()
         assert await task == 2
         # Oldest end first, each row's records in the order they were stored.
-        assert (first, second) == ([b"failed#1", b"succeeded"], [b"missed"])
+        assert (first.records, second) == ([b"failed#1", b"succeeded"], [b"missed"])
         again: list[bytes] = []
         assert await two.publish_records(_into(again), limit=10) == 0
         assert again == []
@@ -290,25 +296,18 @@ def test_a_record_stored_while_its_row_is_being_published_is_kept(
         assert await runner.claim(_claim(), lock)
         assert await runner.start_attempt("archive", NOW, 1, NOW, lock, "r1")
         assert await runner.stage_record("archive", NOW, "r1", b"failed#1")
-        held, done = asyncio.Event(), asyncio.Event()
-        first: list[bytes] = []
-
-        async def slow(records: list[bytes]) -> None:
-            first.extend(records)
-            held.set()
-            await done.wait()
-
-        publishing = asyncio.create_task(publisher.publish_records(slow, limit=10))
-        await held.wait()
+        first = _Holding()
+        publishing = asyncio.create_task(publisher.publish_records(first.publish, limit=10))
+        await first.held.wait()
         staging = asyncio.create_task(runner.stage_record("archive", NOW, "r1", b"failed#2"))
         await asyncio.sleep(0.2)  # on PostgreSQL it waits for the row lock
-        done.set()
+        first.done.set()
         assert await publishing == 1
         assert await staging
         later: list[bytes] = []
         assert await publisher.publish_records(_into(later), limit=10) == 1
         await runner.release(lock)
-        return first, later
+        return first.records, later
 
     assert run(backend, scenario) == ([b"failed#1"], [b"failed#2"])
 
