@@ -503,6 +503,11 @@ class Producer(faust_aiokafka.Producer):
 class Consumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer, telling the transaction manager about every ack."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_sources: set[TP] = set()  # resumed, waiting for the seek that follows
+        self._sought_sources: set[TP] = set()  # sought, waiting for the flow to resume
+
     async def on_start(self) -> None:
         if not self.app.in_transaction:
             raise ConfigError("processing_guarantee", "must be 'exactly_once' with the "
@@ -530,7 +535,42 @@ class Consumer(faust_aiokafka.Consumer):
                          f"{tp.topic}:{tp.partition}" for tp in fresh)))
         return committed
 
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        # faust's recovery ends by resuming the source partitions, seeking them to their
+        # committed offsets, then resuming its flow control, which empties the streams'
+        # buffers, and the consumer's flow; that flow has been on since recovery began.
+        # Records fetched between the resume and the seek reached the streams: the agent
+        # processed some, the rest were emptied out of the buffers after the seek had set
+        # faust's read offsets back, while the fetch under way went on past them. faust
+        # took the jump in offsets for a gap in the log and committed past records nobody
+        # had processed, or, with a commit deferred across the jump, waited for ever (how
+        # the SIGKILL test stalled after a restart). Here a source partition resumed while
+        # the flow is on is fetched only once the seek that follows is done and the flow
+        # resumed: by then the buffers have been emptied and the position is the seek's.
+        tps = set(tps)
+        held = {tp for tp in tps if self.flow_active and not self._is_changelog_tp(tp)
+                and not self.app.assignor.is_standby(tp)}
+        self._held_sources |= held
+        super().resume_partitions(tps - held)
+
+    def resume_flow(self) -> None:
+        super().resume_flow()
+        if self._sought_sources:
+            sought, self._sought_sources = self._sought_sources, set()
+            super().resume_partitions(sought)
+
     async def perform_seek(self) -> None:
+        # Taken before the seek, and only by the recovery's (flow on): a seek faust's
+        # fetcher makes meanwhile (flow stopped) must not release them.
+        held: set[TP] = set()
+        if self.flow_active:
+            held, self._held_sources = self._held_sources, set()
+        try:
+            await self._seek_keeping_counted_offsets()
+        finally:
+            self._sought_sources |= held
+
+    async def _seek_keeping_counted_offsets(self) -> None:
         # faust drops the acked offsets it offers for a commit, and counts them committed,
         # even when the transaction defers that commit; the commit goes through once a
         # later offer covers the deferred events. Seeking back during a revoke's drain
@@ -548,6 +588,8 @@ class Consumer(faust_aiokafka.Consumer):
                 self._committed_offset[tp] = offset
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._held_sources -= revoked
+        self._sought_sources -= revoked
         # faust forgets the acks of revoked partitions first, and only then stops the
         # streams, waits for the events in flight and commits: the work done since the
         # last commit can never commit, so its transaction would be aborted and the app

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from aiokafka.admin import NewTopic
 
 from streams.kafka import client as kafka
 from streams.settings import Settings
+from tests.acceptance import eos_apps
 from tests.support import ROOT, eventually
 
 pytestmark = pytest.mark.kafka
@@ -77,6 +79,24 @@ async def _sink_end(settings: Settings, sink: str) -> int:
         await client.stop()
 
 
+async def _watched(waiting: Awaitable[None], proc: subprocess.Popen[bytes], engine: str,
+                   log: Path) -> None:
+    """``waiting``; if it times out, the failure shows the tail of the app's log (the
+    log itself lives in the test's tmp directory, gone with the CI machine's run). A
+    faust worker is asked for the stacks of all its tasks first (mode's SIGUSR1)."""
+    try:
+        await waiting
+    except AssertionError as exc:
+        if engine.startswith("faust") and proc.poll() is None:
+            proc.send_signal(signal.SIGWINCH)  # eos_apps: the commit bookkeeping
+            proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(3)
+        text = await asyncio.to_thread(log.read_text, errors="replace")
+        tail = text.splitlines()[-400:]
+        raise AssertionError(f"{exc}\n--- the app's log, last 400 lines ---\n"
+                             + "\n".join(tail)) from None
+
+
 def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: int,
                     until_duplicates: bool = False, fanout: int = 1,
                     records: int = RECORDS,
@@ -116,7 +136,8 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
                         or await consumed() >= records)
 
             try:
-                await eventually(busy, 90, f"{engine} making progress")
+                await _watched(eventually(busy, 90, f"{engine} making progress"), proc, engine,
+                               log)
                 await asyncio.sleep(rng.uniform(0, 0.5))
             finally:  # also when it timed out: no process outlives its test
                 proc.send_signal(signal.SIGKILL)
@@ -131,7 +152,7 @@ def _run_with_kills(engine: str, settings: Settings, tmp_path: Path, *, kills: i
             async def finished() -> bool:
                 return await consumed() >= records
 
-            await eventually(finished, 120, f"{engine} finishing")
+            await _watched(eventually(finished, 120, f"{engine} finishing"), proc, engine, log)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -162,6 +183,11 @@ def test_faust_with_transactional_layer_exactly_once_under_sigkill(
                                      fanout=FAUST_EOS_FANOUT, records=FAUST_EOS_RECORDS,
                                      tables=("copies",))
     assert landed >= 5, f"only {landed} kills landed while records were in flight"
+    # Before stop 18 nearly every restart skipped 100-300 records per partition as its
+    # recovery ended (streams/faust/transport.py, Consumer.resume_partitions).
+    skipped = [line for line in (tmp_path / "faust-eos.log").read_text().splitlines()
+               if line.startswith(eos_apps.SKIPPED)]
+    assert not skipped, skipped[:5]
     expected = FAUST_EOS_RECORDS * FAUST_EOS_FANOUT + FAUST_EOS_RECORDS  # sink + changelog
     assert len(counts) == expected, f"{expected - len(counts)} missing"
     duplicates = {v: c for v, c in counts.items() if c > 1}

@@ -14,12 +14,15 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.app.base import App
+from faust.channels import Channel as FaustChannel
 from faust.streams import Stream
 from faust.tables.base import Collection
+from faust.tables.recovery import Recovery
 from faust.topics import Topic
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent
 
 from streams.faust import transport
 from streams.faust.transport import PartitionTransaction, event_source
@@ -74,6 +77,19 @@ def test_faust_internals_the_layer_relies_on() -> None:
         "self._committed_offset.update(committable_offsets)")
     assert "if min(acked) - committed_offset > 1:" in inspect.getsource(
         faust_consumer.Consumer._new_offset)
+    # Recovery resumes the source partitions, seeks, then resumes the flow control, which
+    # empties the streams' buffers, and the flow: hence Consumer.resume_partitions.
+    for end_of_recovery in (Recovery._resume_streams, Recovery.on_recovery_completed):
+        code = inspect.getsource(end_of_recovery)
+        order = [code.index(step) for step in (
+            "consumer.resume_partitions(", "consumer.perform_seek()",
+            "flow_control.resume()", "consumer.resume_flow()")]
+        assert order == sorted(order), end_of_recovery.__qualname__
+    assert "self.clear()" in inspect.getsource(FlowControlEvent.resume)
+    assert "clear_on_resume=True" in inspect.getsource(FaustChannel.queue.fget)
+    # The drain loop takes a jump in offsets for a gap in the log, acked as a whole.
+    assert "await self._add_gap(tp, r_offset + 1, offset)" in inspect.getsource(
+        faust_consumer.Consumer._drain_messages)
 
 
 class RecordingProducer:
@@ -235,8 +251,55 @@ def _seeking_consumer(client: SeekingClient, reset: str) -> transport.Consumer:
     consumer._thread = ConsumerThread(client)  # type: ignore[assignment]
     consumer.app = type("App", (), {  # type: ignore[assignment]
         "conf": type("Conf", (), {"consumer_auto_offset_reset": reset}),
-        "tables": type("Tables", (), {"changelog_topics": {"app-table-changelog"}})})()
+        "tables": type("Tables", (), {"changelog_topics": {"app-table-changelog"}}),
+        "assignor": type("Assignor", (), {"is_standby": staticmethod(lambda tp: False)})})()
+    consumer._held_sources, consumer._sought_sources = set(), set()
+    consumer._active_partitions, consumer._paused_partitions = set(), set()
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer.flow_active = False
+    consumer.can_resume_flow, consumer.suspend_flow = asyncio.Event(), asyncio.Event()
     return consumer
+
+
+def test_sources_resumed_at_the_end_of_recovery_are_fetched_only_after_its_seek() -> None:
+    """faust's recovery resumes the source partitions, seeks them to their committed
+    offsets, then resumes its flow control (emptying the streams' buffers) and the flow,
+    which has been on since recovery began. What was fetched before the seek reached the
+    streams and was then emptied out, past faust's read offsets: records that nobody
+    processed, which faust committed past or waited for for ever. The sources join the
+    fetch only when both the seek and the flow's resume are done."""
+    src, changelog = TP("src", 0), TP("app-table-changelog", 0)
+    consumer = _seeking_consumer(SeekingClient({src: 52, changelog: None}), "earliest")
+    consumer.resume_flow()  # recovery reads the changelogs with the flow on
+    consumer.resume_partitions({changelog})
+    assert consumer._active_partitions == {changelog}
+    consumer.resume_partitions({src})  # _resume_streams
+    assert consumer._active_partitions == {changelog}, "fetched before the seek"
+    asyncio.run(consumer.perform_seek())
+    assert consumer._active_partitions == {changelog}, "fetched before the buffers emptied"
+    consumer.resume_flow()  # right after flow_control.resume()
+    assert consumer._active_partitions == {changelog, src}
+    assert consumer._read_offset[src] == 52
+
+
+def test_a_seek_made_while_the_flow_is_stopped_does_not_release_held_sources() -> None:
+    """faust's fetcher seeks back while the flow is stopped; that seek ran before the
+    recovery's is not the one the held sources wait for, and a revoke forgets them."""
+    src = TP("src", 0)
+    consumer = _seeking_consumer(SeekingClient({src: 7}), "earliest")
+    consumer.resume_flow()
+    consumer.resume_partitions({src})
+    consumer.flow_active = False
+    asyncio.run(consumer.perform_seek())
+    consumer.resume_flow()
+    assert consumer._active_partitions == set()
+    assert consumer._held_sources == {src}
+    consumer._held_sources -= {src}  # what on_partitions_revoked does first
+    consumer.resume_partitions({src})  # the next recovery, flow on
+    asyncio.run(consumer.perform_seek())
+    consumer.resume_flow()
+    assert consumer._active_partitions == {src}
 
 
 @pytest.mark.parametrize("reset", ["earliest", "latest"])
