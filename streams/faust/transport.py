@@ -27,6 +27,10 @@ that is safe to commit, table recovery — and this module owns the transactions
   never passes them and the seek after the rebalance delivers them again. That seek
   takes a partition with no committed offset back to its beginning (aiokafka's leaves
   it past the records faust dropped, which were then lost).
+- At the end of a recovery, the source partitions faust resumes are fetched only once
+  its seek to the committed offsets is done and its flow resumed (which empties the
+  streams' buffers); records fetched in between were emptied out, and faust took the
+  jump for a gap in the log and committed past them.
 - A revoke first stops the streams, waits for the events in flight and commits their
   work, before faust forgets the revoked partitions' acks (after that nothing of theirs
   could commit, and an event held back behind a deferred commit would wait for ever).
